@@ -1,0 +1,1 @@
+"""BPF programs run by ubt (filled in by the live-tracing issue)."""

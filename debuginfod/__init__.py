@@ -1,0 +1,1 @@
+"""debuginfod client (filled in by the debuginfod issue)."""
