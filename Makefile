@@ -21,12 +21,15 @@ $(STAMP): setup.py Makefile
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	@$(PY) -m pip install -q -e '.[test]'
+	@set -o pipefail; $(PY) -m pip install -q -e '.[test]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@touch $(STAMP)
 	@echo "bootstrap: ready ($(VENV)/bin/ubt)"
 
+# The main job on a real program: /bin/ls blocked inside libc writing into a pipe nobody reads.
 demo: bootstrap
-	@bash bench/demo.sh
+	@ls -lR /usr/share > >(sleep 30) & pid=$$!; sleep 0.5; \
+	echo "$$ ubt stack -p $$pid    # ls -lR /usr/share, blocked in write()"; \
+	$(VENV)/bin/ubt stack -p $$pid; status=$$?; kill $$pid; exit $$status
 
 test: bootstrap
 	@$(PY) -m pytest -q tests

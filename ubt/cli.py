@@ -1,0 +1,129 @@
+"""The `ubt` command line: `ubt stack` (a pstack) and `ubt symbolize` (an addr2line).
+
+Every failure of a whole command is a `UbtError` (or a corrupt-input error from the engines) and
+ends as one line on stderr with a non-zero exit; a traceback is a bug.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+
+from symbolizer.elf import ElfFormatError, ElfImage
+from symbolizer.frames import SymFrame
+from symbolizer.maps import ProcessMaps
+from symbolizer.module import Module, ModuleSet
+
+from . import render
+from .errors import AttachDenied, ProcessGone, UbtError
+from .pipeline import Pipeline
+from .ptrace import capture_process
+from .trace import ThreadTrace
+
+EXAMPLES = """examples:
+  ubt stack -p 1234                  backtrace of every thread of process 1234
+  ubt stack -p 1234 --format json    one JSON object per thread
+  ubt symbolize -e /lib/x86_64-linux-gnu/libc.so.6 0x28000 0x9a1b3
+  ubt symbolize -p 1234 0x7f3a1c2d4e5f
+  nm -n prog | awk '{print $1}' | ubt symbolize -e prog
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ubt", description=__doc__.splitlines()[0],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("stack", help="backtrace every thread of a live process")
+    st.add_argument("-p", "--pid", type=int, required=True)
+    st.add_argument("--format", choices=("text", "json"), default="text")
+    sy = sub.add_parser("symbolize", help="addresses to functions, inline chains and file:line")
+    src = sy.add_mutually_exclusive_group(required=True)
+    src.add_argument("-e", "--exe", metavar="ELF", help="ELF file; addresses are ELF addresses")
+    src.add_argument("-p", "--pid", type=int, help="process; addresses are absolute")
+    sy.add_argument("addresses", nargs="*", metavar="ADDR", help="hex; read from stdin if none")
+    sy.add_argument("--format", choices=("text", "json"), default="text")
+    return p
+
+
+def cmd_stack(pid: int, fmt: str) -> int:
+    """Print the backtrace of every thread of `pid`."""
+    pipeline = Pipeline()
+    out = render.thread_json if fmt == "json" else render.thread_text
+    for n, snap in enumerate(capture_process(pid)):
+        trace = ThreadTrace(snap.pid, snap.tid, snap.comm, pipeline.trace(snap))
+        if fmt == "text" and n:
+            print()
+        print(out(trace), flush=True)
+    return 0
+
+
+def _addresses(args: Sequence[str]) -> Iterator[tuple[str, int | None]]:
+    words: Iterable[str] = args if args else (w for line in sys.stdin for w in line.split())
+    for word in words:
+        try:
+            yield word, int(word, 16)
+        except ValueError:
+            yield word, None
+
+
+def _file_module(path: str) -> Module:
+    if not os.path.exists(path):
+        raise UbtError(f"{path}: no such file")
+    image = ElfImage(path)
+    return Module(path=path, file=path, build_id=image.build_id, bias=0, start=0, end=1 << 64)
+
+
+def _process_modules(pid: int) -> ModuleSet:
+    try:
+        return ModuleSet.from_maps(ProcessMaps.from_pid(pid), pid)
+    except FileNotFoundError:
+        raise ProcessGone(pid) from None
+    except PermissionError:
+        raise AttachDenied(pid, "may not read its memory map (not root?)") from None
+
+
+def cmd_symbolize(exe: str | None, pid: int | None, words: Sequence[str], fmt: str) -> int:
+    """Symbolize each address like `addr2line -f -i`; returns 1 if any was unparsable."""
+    pipeline = Pipeline()
+    fixed = _file_module(exe) if exe else None
+    modules = None if pid is None else _process_modules(pid)
+    status = 0
+    for word, addr in _addresses(words):
+        if addr is None:
+            print(f"ubt: not an address: {word!r}", file=sys.stderr)
+            status = 1
+            continue
+        module = fixed if modules is None else modules.find(addr)
+        path = elf_addr = None
+        syms: tuple[SymFrame, ...] = ()
+        if module is not None:
+            path, elf_addr = module.path, addr - module.bias
+            syms = pipeline.symbolizer.symbolize(module, elf_addr)
+        print(render.address_json(addr, path, elf_addr, syms) if fmt == "json"
+              else render.address_text(addr, path, syms))
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ubt` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "stack":
+            return cmd_stack(args.pid, args.format)
+        return cmd_symbolize(args.exe, args.pid, args.addresses, args.format)
+    except UbtError as e:
+        print(f"ubt: {e}", file=sys.stderr)
+        return e.exit_code
+    except ElfFormatError as e:
+        print(f"ubt: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()  # output piped into `head`: not an error worth a traceback
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

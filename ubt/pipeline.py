@@ -1,0 +1,99 @@
+"""Snapshot → unwind → symbolize: the stages shared by `ubt stack` and `ubt process`.
+
+`Pipeline` owns the long-lived caches (unwind tables and symbol indexes per build-id, modules per
+memory map) so that many snapshots of the same program cost little after the first. Tables are
+keyed by the module's ELF addresses, so one compiled table serves every process mapping the file.
+"""
+from __future__ import annotations
+
+from lru import LRU
+
+from symbolizer.module import Module, ModuleSet
+from symbolizer.symbolizer import Symbolizer
+from unwind.cfi import UnwindTableCache
+from unwind.table import UnwindTable
+from unwind.unwinder import RawFrame, StopReason, Unwinder
+
+from .snapshot import Snapshot
+from .trace import Frame, StackTrace
+
+
+class Pipeline:
+    """Turns snapshots into symbolized stack traces, caching per build-id and per map."""
+
+    def __init__(self, cache_dir: str | None = None, max_frames: int = 256) -> None:
+        self.symbolizer = Symbolizer(cache_dir)
+        self._tables = UnwindTableCache(cache_dir)
+        self._max_frames = max_frames
+        self._module_sets: LRU[str, ModuleSet] = LRU(64)  # maps text → ModuleSet
+        self._no_table: set[tuple[str, int]] = set()
+
+    def modules(self, snap: Snapshot) -> ModuleSet:
+        """The modules of the snapshot's process, parsed once per distinct memory map."""
+        modules: ModuleSet | None = self._module_sets.get(snap.maps_text)
+        if modules is None:
+            modules = ModuleSet.from_maps(snap.maps, snap.pid)
+            self._module_sets[snap.maps_text] = modules
+        return modules
+
+    def _table(self, module: Module) -> UnwindTable | None:
+        key = (module.file, module.start)
+        if key in self._no_table:
+            return None
+        try:
+            debug = self.symbolizer.debug_files(module).debug_path
+            return self._tables.get(module.build_id, module.file, debug)
+        except Exception:  # an unreadable or corrupt module must not end the whole trace
+            self._no_table.add(key)
+            return None
+
+    def unwind(self, snap: Snapshot) -> tuple[ModuleSet, tuple[RawFrame, ...], StopReason]:
+        """Walk the snapshot's stack; frames carry absolute pcs only."""
+        modules = self.modules(snap)
+
+        def lookup(pc: int) -> tuple[UnwindTable, int] | None:
+            module = modules.find(pc)
+            if module is None:
+                return None
+            table = self._table(module)
+            return None if table is None else (table, module.bias)
+
+        result = Unwinder(lookup, self._max_frames).unwind(snap.regs, snap.stack)
+        return modules, result.frames, result.stop_reason
+
+    def trace(self, snap: Snapshot) -> StackTrace:
+        """Unwind and symbolize one snapshot."""
+        modules, raw_frames, stop = self.unwind(snap)
+        frames: list[Frame] = []
+        for n, raw in enumerate(raw_frames):
+            # A frame whose caller was interrupted (is_activation) is a signal trampoline: the
+            # handler "returned" to its first instruction, so it is named at pc itself; pc - 1
+            # is the padding glibc puts before __restore_rt for the unwinder's sake.
+            trampoline = n > 0 and n + 1 < len(raw_frames) and raw_frames[n + 1].is_activation
+            frames.extend(self.symbolize_frame(modules, raw, trampoline))
+        return StackTrace(tuple(frames), stop)
+
+    def symbolize_frame(self, modules: ModuleSet, raw: RawFrame,
+                        trampoline: bool = False) -> list[Frame]:
+        """The frames (inlined ones first) for one unwound pc."""
+        method = raw.method.name.lower()
+        module = modules.find(raw.pc)
+        if module is None:
+            return [Frame(raw.pc, None, None, None, None, None, None, None, None, None, False,
+                          method, "unmapped")]
+        lookup_pc = raw.pc if trampoline else raw.lookup_pc
+        elf_addr = lookup_pc - module.bias
+        # Offsets are printed from the pc itself, as gdb and eu-stack do, though the lookup
+        # used pc - 1 for return addresses.
+        back = raw.pc - lookup_pc
+        out = []
+        for sym in self.symbolizer.symbolize(module, elf_addr):
+            out.append(Frame(
+                pc=raw.pc, module=module.path, build_id=module.build_id,
+                offset=raw.pc - module.bias, function=sym.function,
+                func_offset=None if sym.func_offset is None else sym.func_offset + back,
+                func_size=sym.func_size, file=sym.file, line=sym.line, column=sym.column,
+                inlined=sym.inlined, method="inline" if sym.inlined else method,
+                reason=None if sym.reason is None else sym.reason.name.lower()))
+        return out
+

@@ -1,0 +1,180 @@
+"""From what the user typed to uprobe attach points: the binary, its libraries, the symbols.
+
+`ubt process /bin/ls opendir` must find `opendir` in libc, the way a user thinks of "a function
+of ls". So a probe is looked up in the binary first, then in the shared libraries it needs
+(`DT_NEEDED`, recursively, searched like the dynamic loader: `DT_RUNPATH`/`DT_RPATH` with
+`$ORIGIN`, `LD_LIBRARY_PATH`, the ld.so cache, the default directories). An unknown name ends the
+run with the nearest names and the library each lives in.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+
+from symbolizer.elf import ElfFormatError, ElfImage
+from symbolizer.symtab import RawSymbol
+
+from .errors import UbtError
+from .probespec import ProbeSpec
+
+_DEFAULT_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
+                 "/lib", "/usr/lib", "/usr/local/lib")
+#: A glob matching more functions than this is almost certainly a typo (`*`), not a plan.
+MAX_GLOB_PROBES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AttachPoint:
+    """One uprobe to place: `elf_addr` is the ELF virtual address in `path`."""
+
+    path: str
+    function: str
+    elf_addr: int
+    offset: int
+    is_return: bool
+
+    @property
+    def label(self) -> str:
+        """How hits of this probe are named in the output (``opendir``, ``f+0x4``, ``f%return``)."""
+        text = self.function + (f"+{self.offset:#x}" if self.offset else "")
+        return text + ("%return" if self.is_return else "")
+
+
+def resolve_binary(name: str) -> str:
+    """A path, a program on PATH, or a library name (``libc.so.6``) → an absolute ELF path."""
+    candidates = [name] if "/" in name else [shutil.which(name) or "",
+                                             *(os.path.join(d, name) for d in _DEFAULT_DIRS)]
+    for path in candidates:
+        if path and os.path.isfile(path):
+            real = os.path.realpath(path)
+            _image(real)  # not ELF → a clear error now, not at attach time
+            return real
+    raise UbtError(f"{name}: no such binary (not a file, not on PATH, not a library)")
+
+
+@lru_cache(maxsize=64)
+def _image(path: str) -> ElfImage:
+    try:
+        return ElfImage(path)
+    except ElfFormatError as e:
+        raise UbtError(str(e)) from None
+
+
+def libraries(binary: str) -> list[str]:
+    """The shared libraries `binary` loads, breadth first, as the dynamic loader finds them."""
+    seen: list[str] = []
+    queue = [binary]
+    while queue:
+        for lib in _needed(queue.pop(0)):
+            if lib not in seen:
+                seen.append(lib)
+                queue.append(lib)
+    return seen
+
+
+def _needed(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            dyn = elf.get_section_by_name(".dynamic")
+            if not isinstance(dyn, DynamicSection):
+                return []
+            tags = list(dyn.iter_tags())
+    except (OSError, ELFError):
+        return []
+    # pyelftools sets these attributes per tag kind: needed, runpath, rpath
+    names = [str(getattr(t, "needed")) for t in tags if t.entry.d_tag == "DT_NEEDED"]
+    paths = [p for t in tags if t.entry.d_tag in ("DT_RUNPATH", "DT_RPATH")
+             for p in str(getattr(t, t.entry.d_tag[3:].lower())).split(":")]
+    origin = os.path.dirname(path)
+    dirs = [p.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for p in paths]
+    dirs += [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    found = []
+    for name in names:
+        for d in (*dirs, *_DEFAULT_DIRS):
+            candidate = os.path.join(d, name)
+            if os.path.isfile(candidate):
+                found.append(os.path.realpath(candidate))
+                break
+        else:
+            cached = _ld_cache().get(name)
+            if cached:
+                found.append(os.path.realpath(cached))
+    return found
+
+
+@lru_cache(maxsize=1)
+def _ld_cache() -> dict[str, str]:
+    """The ld.so cache (`ldconfig -p`): library name → path, for libraries outside the defaults."""
+    try:
+        out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    cache: dict[str, str] = {}
+    for line in out.splitlines()[1:]:
+        name, _, path = line.strip().partition(" => ")
+        if path and "x86-64" in name:
+            cache.setdefault(name.split(" ", 1)[0], path)
+    return cache
+
+
+def resolve_probes(binary: str, specs: list[ProbeSpec]) -> list[AttachPoint]:
+    """Attach points for every spec: in the spec's own binary or `binary`, else its libraries.
+
+    :raises UbtError: a spec matches nothing (with the nearest names and where they live).
+    """
+    points: list[AttachPoint] = []
+    for spec in specs:
+        own = resolve_binary(spec.binary) if spec.binary else binary
+        found = _match_in(own, spec) or next(
+            (m for lib in libraries(own) if (m := _match_in(lib, spec))), [])
+        if not found:
+            raise UbtError(_not_found(own, spec))
+        if len(found) > MAX_GLOB_PROBES:
+            raise UbtError(f"{spec} matches {len(found)} functions (more than "
+                           f"{MAX_GLOB_PROBES}); narrow the pattern")
+        points.extend(found)
+    return points
+
+
+def _match_in(path: str, spec: ProbeSpec) -> list[AttachPoint]:
+    """Matching functions of one module, one attach point per address (aliases collapsed)."""
+    by_addr: dict[int, RawSymbol] = {}
+    for sym in _image(path).code_symbols():
+        hit = fnmatch.fnmatchcase(sym.name, spec.pattern) if spec.is_glob \
+            else sym.name == spec.pattern
+        if hit and sym.addr not in by_addr:
+            by_addr[sym.addr] = sym
+    points = []
+    for addr, sym in sorted(by_addr.items()):
+        if spec.offset and sym.size and spec.offset >= sym.size:
+            raise UbtError(f"{spec}: offset {spec.offset:#x} is past the end of {sym.name} "
+                           f"({sym.size:#x} bytes)")
+        name = spec.pattern if not spec.is_glob else sym.name
+        points.append(AttachPoint(path, name, addr + spec.offset, spec.offset, spec.is_return))
+    return points
+
+
+def _not_found(binary: str, spec: ProbeSpec) -> str:
+    """'no function X in BIN or its libraries; nearest: a (libc.so.6), b (ls)'."""
+    where: dict[str, str] = {}
+    for path in [binary, *libraries(binary)]:
+        try:
+            names = {s.name for s in _image(path).code_symbols()}
+        except UbtError:
+            continue
+        for n in names:
+            where.setdefault(n, os.path.basename(path))
+    near = difflib.get_close_matches(spec.pattern, list(where), n=5, cutoff=0.6)
+    hint = "; nearest: " + ", ".join(f"{n} ({where[n]})" for n in near) if near else ""
+    stripped = "" if _image(binary).code_symbols() else f" ({binary} has no symbol table)"
+    return (f"no function {spec.pattern!r} in {binary} or its libraries{stripped}{hint}")

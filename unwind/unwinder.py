@@ -1,0 +1,242 @@
+"""The frame-by-frame walk: registers + memory → the chain of return addresses.
+
+For each frame the unwinder finds the module's `UnwindTable` row for the pc (``pc - 1`` for
+return addresses, see `RawFrame.lookup_pc`), computes the CFA and the caller's registers from
+it, and repeats until a rule says the return address is undefined (the outermost frame) or
+something stops it; every trace ends with a `StopReason`. Where no CFI covers a pc it falls
+back to the frame-pointer chain (CFA = rbp + 16, return address at rbp + 8, saved rbp at rbp).
+
+The loop is written for throughput (hundreds of thousands of frames per second in pure Python):
+tables hand out pre-built rule tuples through an LRU, the common row (CFA = register + offset,
+registers saved at CFA - n) takes a special path, and reads from captured stack bytes are
+inlined.
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple
+
+from .expr import ExprError, evaluate
+from .memory import MemoryFault, MemoryReader, StackBytes
+from .regs import RA, RBP, RSP
+from .table import RawRule, RuleKind, UnwindTable
+
+_unpack_u64 = struct.Struct("<Q").unpack_from
+_MASK = (1 << 64) - 1
+#: The frame-pointer fallback trusts rbp only this far above the stack pointer.
+_FP_MAX_DISTANCE = 64 << 20
+
+_OFFSET = int(RuleKind.OFFSET)
+_VAL_OFFSET = int(RuleKind.VAL_OFFSET)
+_REGISTER = int(RuleKind.REGISTER)
+_EXPRESSION = int(RuleKind.EXPRESSION)
+_VAL_EXPRESSION = int(RuleKind.VAL_EXPRESSION)
+_UNDEFINED = int(RuleKind.UNDEFINED)
+
+
+class Method(Enum):
+    """How a frame was found."""
+
+    INITIAL = "initial"  #: the captured registers themselves
+    CFI = "cfi"          #: from its callee's CFI row
+    FP = "fp"            #: from its callee's frame pointer (no CFI covered the callee's pc)
+
+
+class StopReason(Enum):
+    """Why a trace ends where it does."""
+
+    END_OF_STACK = "end of stack"            #: the return address is undefined: outermost frame
+    NO_UNWIND_INFO = "no unwind info"        #: no CFI and no usable frame pointer for the pc
+    MEMORY_FAULT = "memory fault"            #: a read fell outside the captured stack
+    MAX_DEPTH = "max depth"                  #: max_frames reached with frames left
+    PC_ZERO = "pc zero"                      #: the return address is 0
+    SP_NOT_INCREASING = "sp not increasing"  #: the caller's sp is not above the callee's
+    BAD_CFI = "bad cfi"                      #: a rule could not be evaluated
+
+
+class RawFrame(NamedTuple):
+    """One unwound frame, absolute addresses only (a NamedTuple: built once per frame, cheaply).
+
+    :param sp: the frame's stack pointer.
+    :param cfa: the frame's canonical frame address (its caller's sp); None for the frame
+        where the walk stopped because its caller could not be recovered.
+    :param is_activation: the pc was interrupted rather than returned to (innermost frame, or
+        the frame under a signal trampoline), so it is looked up as is, not as ``pc - 1``.
+    """
+
+    pc: int
+    sp: int
+    cfa: int | None
+    is_activation: bool
+    method: Method
+
+    @property
+    def lookup_pc(self) -> int:
+        """The pc to look up rows and symbols with: ``pc - 1`` for return addresses."""
+        return self.pc if self.is_activation or self.pc == 0 else self.pc - 1
+
+
+@dataclass(frozen=True, slots=True)
+class UnwindResult:
+    """The frames, innermost first, and why the walk stopped (`detail` says more, if anything)."""
+
+    frames: tuple[RawFrame, ...]
+    stop_reason: StopReason
+    detail: str = ""
+
+
+#: Finds the unwind table and load bias of the module containing an absolute pc.
+Lookup = Callable[[int], "tuple[UnwindTable, int] | None"]
+
+
+class _Stop(Exception):
+    """Ends the walk from inside a helper with a reason."""
+
+    def __init__(self, reason: StopReason, detail: str = "") -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _read_u64(memory: MemoryReader, addr: int) -> int:
+    return int.from_bytes(memory.read(addr & _MASK, 8), "little")
+
+
+def _apply_general(rule: RawRule, regs: dict[int, int], memory: MemoryReader) -> int:
+    """Apply any row to `regs` in place (caller registers); return the CFA."""
+    cfa_reg, cfa_off, cfa_expr, rules, _, _ = rule
+    if cfa_expr is None:
+        cfa = (regs[cfa_reg] + cfa_off) & _MASK
+    else:
+        cfa = evaluate(cfa_expr, regs, memory)
+    new: dict[int, int | None] = {}
+    for reg, kind, val in rules:
+        if kind == _OFFSET:
+            new[reg] = _read_u64(memory, cfa + val)  # type: ignore[operator]
+        elif kind == _VAL_OFFSET:
+            new[reg] = (cfa + val) & _MASK  # type: ignore[operator]
+        elif kind == _REGISTER:
+            new[reg] = regs[val]  # type: ignore[index]
+        elif kind == _EXPRESSION:
+            new[reg] = _read_u64(memory, evaluate(val, regs, memory, cfa, cfa))  # type: ignore
+        elif kind == _VAL_EXPRESSION:
+            new[reg] = evaluate(val, regs, memory, cfa, cfa)  # type: ignore[arg-type]
+        elif kind == _UNDEFINED:
+            new[reg] = None
+    if RA not in new:
+        raise _Stop(StopReason.BAD_CFI, "no rule for the return address")
+    if RSP not in new:
+        regs[RSP] = cfa
+    for reg, value in new.items():
+        if value is None:
+            regs.pop(reg, None)
+        else:
+            regs[reg] = value
+    return cfa
+
+
+def _frame_pointer(regs: dict[int, int], memory: MemoryReader, sp: int) -> int:
+    """Unwind by the rbp chain in place; return the CFA (rbp + 16)."""
+    rbp = regs.get(RBP)
+    if rbp is None or rbp < sp or rbp - sp > _FP_MAX_DISTANCE or rbp & 7:
+        raise _Stop(StopReason.NO_UNWIND_INFO)
+    try:
+        saved_rbp = _read_u64(memory, rbp)
+        ra = _read_u64(memory, rbp + 8)
+    except MemoryFault:
+        raise _Stop(StopReason.NO_UNWIND_INFO, "no CFI and no readable frame pointer") from None
+    regs[RBP] = saved_rbp
+    regs[RA] = ra
+    regs[RSP] = rbp + 16
+    return rbp + 16
+
+
+class Unwinder:
+    """Walks stacks; `lookup` maps an absolute pc to its module's table and load bias."""
+
+    def __init__(self, lookup: Lookup, max_frames: int = 256) -> None:
+        self.lookup = lookup
+        self.max_frames = max_frames
+
+    def unwind(self, regs: Mapping[int, int], memory: MemoryReader) -> UnwindResult:
+        """Unwind from `regs` (DWARF number → value) reading saved values from `memory`."""
+        regs = dict(regs)
+        pc = regs.get(RA)
+        sp = regs.get(RSP)
+        if pc is None or sp is None:
+            return UnwindResult((), StopReason.BAD_CFI, "registers lack rip or rsp")
+        lookup = self.lookup
+        max_frames = self.max_frames
+        frames: list[RawFrame] = []
+        append = frames.append
+        if isinstance(memory, StackBytes):
+            data, base, limit = memory.data, memory.base, len(memory.data) - 8
+        else:
+            data, base, limit = b"", 0, -1
+        fast_memory = limit >= 0
+        cfi, fp = Method.CFI, Method.FP
+        method = Method.INITIAL
+        activation = True
+        reason = StopReason.MAX_DEPTH
+        detail = ""
+        while True:
+            if pc == 0:
+                reason = StopReason.PC_ZERO
+                break
+            try:
+                got = lookup(pc)
+                rule = None
+                if got is not None:
+                    table, bias = got
+                    rule = table.raw_for((pc if activation else pc - 1) - bias)
+                if rule is None:
+                    next_method = fp
+                    signal = False
+                    cfa = _frame_pointer(regs, memory, sp)
+                else:
+                    next_method = cfi
+                    signal = rule[4]
+                    if rule[5] and fast_memory:
+                        # The common row: CFA = reg + off; registers saved at CFA + n.
+                        cfa = regs[rule[0]] + rule[1]
+                        saved = []
+                        for reg, _, off in rule[3]:
+                            off = cfa + off - base  # type: ignore[operator]
+                            if off < 0 or off > limit:
+                                raise MemoryFault(off + base)
+                            saved.append((reg, _unpack_u64(data, off)[0]))
+                        regs.update(saved)
+                        regs[RSP] = cfa
+                    else:
+                        cfa = _apply_general(rule, regs, memory)
+            except _Stop as stop:
+                reason, detail = stop.reason, stop.detail
+                append(RawFrame(pc, sp, None, activation, method))
+                break
+            except MemoryFault as fault:
+                reason, detail = StopReason.MEMORY_FAULT, str(fault)
+                append(RawFrame(pc, sp, None, activation, method))
+                break
+            except (ExprError, KeyError) as err:
+                reason, detail = StopReason.BAD_CFI, str(err)
+                append(RawFrame(pc, sp, None, activation, method))
+                break
+            append(RawFrame(pc, sp, cfa, activation, method))
+            new_pc = regs.get(RA)
+            if new_pc is None:
+                reason = StopReason.END_OF_STACK
+                break
+            if len(frames) >= max_frames:
+                break
+            new_sp = regs.get(RSP)
+            if new_sp is None:
+                reason, detail = StopReason.BAD_CFI, "the caller's rsp is undefined"
+                break
+            if new_sp <= sp and not signal:
+                reason = StopReason.SP_NOT_INCREASING
+                break
+            pc, sp, activation, method = new_pc, new_sp, signal, next_method
+        return UnwindResult(tuple(frames), reason, detail)
