@@ -79,16 +79,21 @@ class Symbolizer:
         self.locator = locator or DebugInfoLocator()
         self._load_index = index_loader
         self._files: LRU[tuple[object, ...], _FileInfo] = LRU(max_files)
+        self._last: tuple[Module | None, _FileInfo | None] = (None, None)
 
     # -- per-file state --------------------------------------------------------------------
 
     def _info(self, module: Module) -> _FileInfo:
         """The cached state of the module's file. :raises ElfFormatError: unreadable file."""
+        last_module, last_info = self._last
+        if module is last_module and last_info is not None:
+            return last_info  # the common case: many addresses in one module in a row
         key = _file_key(module)
         info: _FileInfo | None = self._files.get(key)
         if info is None:
             info = _FileInfo(ElfImage(module.file), module.path)
             self._files[key] = info
+        self._last = (module, info)
         return info
 
     def debug_files(self, module: Module) -> DebugFiles:
@@ -164,16 +169,25 @@ class Symbolizer:
         """
         try:
             info = self._info(module)
-            symbol = self.symbols(module).lookup(elf_addr)
         except (ElfFormatError, OSError):
             return (_unknown(SymbolReason.UNREADABLE_FILE),)
+
+        def symbol() -> ElfSymbol | None:  # only when DWARF leaves a gap: most lookups don't
+            try:
+                return self.symbols(module).lookup(elf_addr)
+            except (ElfFormatError, OSError):
+                return None
+
         try:
             sources = self._sources(info, elf_addr)
         except Exception:  # corrupt DWARF in any form must cost one frame's detail, not the trace
-            return (_symbol_frame(symbol, elf_addr, SymbolReason.CORRUPT_DEBUG_INFO),)
+            return (_symbol_frame(symbol(), elf_addr, SymbolReason.CORRUPT_DEBUG_INFO),)
         if not sources:
-            return (_symbol_frame(symbol, elf_addr, SymbolReason.NO_DEBUG_INFO),)
-        return _dwarf_frames(sources, symbol, elf_addr)
+            return (_symbol_frame(symbol(), elf_addr, SymbolReason.NO_DEBUG_INFO),)
+        last = sources[-1]
+        if last.function is None or (last.entry is None and not last.inlined):
+            return _dwarf_frames(sources, symbol(), elf_addr)
+        return _dwarf_frames(sources, None, elf_addr)
 
 
 def _file_key(module: Module) -> tuple[object, ...]:

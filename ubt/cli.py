@@ -89,6 +89,9 @@ def cmd_symbolize(exe: str | None, pid: int | None, words: Sequence[str], fmt: s
     fixed = _file_module(exe) if exe else None
     modules = None if pid is None else _process_modules(pid)
     status = 0
+    out: list[str] = []
+    # answer each line at once when a person (or a coprocess) types addresses; else in batches
+    batch = 1 if not words and sys.stdin.isatty() else 1024
     for word, addr in _addresses(words):
         if addr is None:
             print(f"ubt: not an address: {word!r}", file=sys.stderr)
@@ -100,9 +103,20 @@ def cmd_symbolize(exe: str | None, pid: int | None, words: Sequence[str], fmt: s
         if module is not None:
             path, elf_addr = module.path, addr - module.bias
             syms = pipeline.symbolizer.symbolize(module, elf_addr)
-        print(render.address_json(addr, path, elf_addr, syms) if fmt == "json"
-              else render.address_text(addr, path, syms))
+        out.append(render.address_json(addr, path, elf_addr, syms) if fmt == "json"
+                   else render.address_text(addr, path, syms))
+        if len(out) >= batch:
+            _flush_lines(out)
+    _flush_lines(out)
     return status
+
+
+def _flush_lines(lines: list[str]) -> None:
+    """Write collected output lines at once (one write per line costs as much as a lookup)."""
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        lines.clear()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
