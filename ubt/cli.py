@@ -16,7 +16,8 @@ from symbolizer.maps import ProcessMaps
 from symbolizer.module import Module, ModuleSet
 
 from . import render
-from .errors import AttachDenied, ProcessGone, UbtError
+from .errors import AttachDenied, ProcessGone, UbtError, UsageError
+from .probespec import parse_probe
 from .pipeline import Pipeline
 from .ptrace import capture_process
 from .trace import ThreadTrace
@@ -37,6 +38,26 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stack", help="backtrace every thread of a live process")
     st.add_argument("-p", "--pid", type=int, required=True)
     st.add_argument("--format", choices=("text", "json"), default="text")
+    pr = sub.add_parser("process", help="full backtrace at every hit of uprobes",
+                        description="Attach uprobes to functions of BINARY (or of the libraries "
+                        "it loads) and print the whole user backtrace at every hit.")
+    pr.add_argument("binary", metavar="BINARY",
+                    help='a path, a program on PATH, a library; or a whole probe in SystemTap '
+                    '(process("/bin/ls").function("f")) or bpftrace (uprobe:/bin/ls:f) spelling')
+    pr.add_argument("functions", nargs="*", metavar="FUNC",
+                    help="name or glob, FUNC+OFF, FUNC%%return (or more whole probes)")
+    who = pr.add_mutually_exclusive_group()
+    who.add_argument("-c", "--command", dest="cmd", metavar="CMD",
+                     help="run CMD and trace it from its "
+                     "first instruction")
+    who.add_argument("-p", "--pid", type=int, help="only this process")
+    pr.add_argument("-n", "--hits", type=int, metavar="N", help="stop after N hits")
+    pr.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    pr.add_argument("--aggregate", action="store_true",
+                    help="count identical stacks, print them sorted at the end")
+    pr.add_argument("--format", choices=("text", "json", "folded"), default="text")
+    pr.add_argument("--stack-size", type=_stack_size, default=32 * 1024, metavar="BYTES",
+                    help="most stack bytes copied per hit (default 32K, at most 128K)")
     sy = sub.add_parser("symbolize", help="addresses to functions, inline chains and file:line")
     src = sy.add_mutually_exclusive_group(required=True)
     src.add_argument("-e", "--exe", metavar="ELF", help="ELF file; addresses are ELF addresses")
@@ -44,6 +65,34 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("addresses", nargs="*", metavar="ADDR", help="hex; read from stdin if none")
     sy.add_argument("--format", choices=("text", "json"), default="text")
     return p
+
+
+def _stack_size(text: str) -> int:
+    units = {"k": 1024, "K": 1024}
+    try:
+        value = int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if not 4096 <= value <= 128 * 1024:
+        raise argparse.ArgumentTypeError("must be between 4K and 128K")
+    return value
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """`ubt process`: split the whole-probe spellings from BINARY FUNC and run the trace."""
+    probes = list(args.functions)
+    binary = args.binary
+    if parse_probe(binary).binary is not None:  # `ubt process 'uprobe:/bin/ls:f' ...`
+        probes.insert(0, binary)
+        binary = parse_probe(binary).binary
+    if not probes:
+        raise UsageError("which function? usage: ubt process BINARY FUNC [FUNC ...]")
+    from . import process  # imports bcc: only for this command
+
+    return process.run(process.ProcessOptions(
+        binary=binary, probes=tuple(probes), command=args.cmd, pid=args.pid,
+        max_hits=args.hits, duration=args.duration, aggregate=args.aggregate, fmt=args.format,
+        stack_size=args.stack_size))
 
 
 def cmd_stack(pid: int, fmt: str) -> int:
@@ -125,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "stack":
             return cmd_stack(args.pid, args.format)
+        if args.command == "process":
+            return cmd_process(args)
         return cmd_symbolize(args.exe, args.pid, args.addresses, args.format)
     except UbtError as e:
         print(f"ubt: {e}", file=sys.stderr)

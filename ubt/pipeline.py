@@ -12,6 +12,7 @@ from symbolizer.module import Module, ModuleSet
 from symbolizer.symbolizer import Symbolizer
 from unwind.cfi import UnwindTableCache
 from unwind.table import UnwindTable
+from unwind.regs import RSP
 from unwind.unwinder import RawFrame, StopReason, Unwinder
 
 from .snapshot import Snapshot
@@ -71,7 +72,8 @@ class Pipeline:
             # is the padding glibc puts before __restore_rt for the unwinder's sake.
             trampoline = n > 0 and n + 1 < len(raw_frames) and raw_frames[n + 1].is_activation
             frames.extend(self.symbolize_frame(modules, raw, trampoline))
-        return StackTrace(tuple(frames), stop)
+        used = max((f.cfa or f.sp for f in raw_frames), default=0) - snap.regs.get(RSP, 0)
+        return StackTrace(tuple(frames), stop, max(used, 0))
 
     def symbolize_frame(self, modules: ModuleSet, raw: RawFrame,
                         trampoline: bool = False) -> list[Frame]:

@@ -45,7 +45,9 @@ class _UserRegs(ctypes.Structure):
     _fields_ = [(name, ctypes.c_ulonglong) for name in _USER_REGS]
 
 
-def _ptrace(request: int, tid: int, addr: int = 0, data: int | ctypes.c_void_p = 0) -> int:
+def ptrace_request(request: int, tid: int, addr: int = 0,
+                   data: int | ctypes.c_void_p = 0) -> int:
+    """One ptrace(2) call; a failure is an OSError with its errno."""
     ctypes.set_errno(0)
     res = int(_libc.ptrace(request, tid, addr, data))
     err = ctypes.get_errno()
@@ -89,7 +91,7 @@ def _seized(pid: int) -> Iterator[list[int]]:
                 break
             for tid in new:
                 try:
-                    _ptrace(_PTRACE_SEIZE, tid)
+                    ptrace_request(_PTRACE_SEIZE, tid)
                 except OSError as e:
                     if e.errno == errno.ESRCH:
                         continue  # the thread exited between listing and seizing
@@ -100,7 +102,7 @@ def _seized(pid: int) -> Iterator[list[int]]:
                                                 "already traced)") from None
                     raise AttachDenied(pid, e.strerror or str(e)) from None
                 seized.append(tid)
-                _ptrace(_PTRACE_INTERRUPT, tid)
+                ptrace_request(_PTRACE_INTERRUPT, tid)
                 os.waitpid(tid, _WALL)
         if not seized:
             raise ProcessGone(pid, "has no threads left")
@@ -108,14 +110,14 @@ def _seized(pid: int) -> Iterator[list[int]]:
     finally:
         for tid in seized:
             try:
-                _ptrace(_PTRACE_DETACH, tid)
+                ptrace_request(_PTRACE_DETACH, tid)
             except OSError:
                 pass  # the thread is gone; nothing to restore
 
 
 def _registers(tid: int) -> dict[str, int]:
     regs = _UserRegs()
-    _ptrace(_PTRACE_GETREGS, tid, 0, ctypes.cast(ctypes.pointer(regs), ctypes.c_void_p))
+    ptrace_request(_PTRACE_GETREGS, tid, 0, ctypes.cast(ctypes.pointer(regs), ctypes.c_void_p))
     return {name: int(getattr(regs, name)) for name in _USER_REGS}
 
 

@@ -42,6 +42,8 @@ class StackTrace:
 
     frames: tuple[Frame, ...]
     stop_reason: StopReason
+    #: bytes above the initial stack pointer the walk needed (to size later stack copies)
+    stack_used: int = 0
 
     @property
     def complete(self) -> bool:
@@ -57,3 +59,20 @@ class ThreadTrace:
     tid: int
     comm: str
     trace: StackTrace
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One probe hit of `ubt process`: who, when, which probe, and the backtrace there.
+
+    :param time_ns: BPF ktime (CLOCK_MONOTONIC) of the hit.
+    :param truncated: the stack copy was cut by the size cap before the walk was done.
+    """
+
+    pid: int
+    tid: int
+    comm: str
+    time_ns: int
+    probe: str
+    trace: StackTrace
+    truncated: bool = False

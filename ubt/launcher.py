@@ -1,0 +1,133 @@
+"""`ubt process -c CMD`: run a command traced from its first instruction, maps kept past exit.
+
+The command is forked but held before `exec` until the probes are live, so even a program that
+runs for a millisecond is traced whole. Its pid is known before `exec`, so the BPF filter can
+select it from the start. A dedicated thread is its ptrace tracer with `PTRACE_O_TRACEEXIT`
+only: the child stops once, when it exits, while its memory map still exists; the thread reads
+`/proc/PID/maps` into the `MapsTracker` then and lets it go, so hits of a process that is gone
+by the time they are symbolized still resolve. Signals pass through untouched.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import signal
+import threading
+
+from .errors import UbtError
+from .maps_tracker import MapsTracker
+from .ptrace import ptrace_request
+
+_PTRACE_CONT = 7
+_PTRACE_SEIZE = 0x4206
+_PTRACE_LISTEN = 0x4208
+_PTRACE_O_TRACEEXIT = 0x40
+_PTRACE_EVENT_EXIT = 6
+_PTRACE_EVENT_STOP = 128
+_WALL = 0x40000000
+
+
+class Launcher:
+    """Forks `command` held before exec; `release()` lets it run; `exit_status` when done."""
+
+    def __init__(self, command: str, tracker: MapsTracker) -> None:
+        self._tracker = tracker
+        self._gate_r, self._gate_w = os.pipe()
+        self._ready = threading.Event()
+        self._done = threading.Event()
+        self._error: str | None = None
+        self.exit_status: int | None = None
+        self.pid = 0
+        self._command = command
+        self._thread = threading.Thread(target=self._trace, name="ubt-launcher", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error:
+            raise UbtError(self._error)
+
+    def _spawn(self) -> int:
+        """Fork the child; it waits on the gate pipe, then execs ``sh -c 'exec CMD'``.
+
+        Not `subprocess.Popen`: Popen returns only after the exec, which the gate holds back.
+        """
+        pid = os.fork()
+        if pid == 0:  # the child: only async-signal-safe work until exec
+            try:
+                os.close(self._gate_w)
+                os.read(self._gate_r, 1)
+                os.close(self._gate_r)
+                os.execv("/bin/sh", ["sh", "-c", f"exec {self._command}"])
+            finally:
+                os._exit(127)
+        return pid
+
+    def _trace(self) -> None:
+        """The tracer thread: every ptrace call for the child must come from this thread."""
+        try:
+            self.pid = self._spawn()
+            ptrace_request(_PTRACE_SEIZE, self.pid, 0, _PTRACE_O_TRACEEXIT)
+        except OSError as e:
+            self._error = f"cannot run {shlex.quote(self._command)}: {e.strerror or e}"
+            self._ready.set()
+            return
+        os.close(self._gate_r)
+        self._ready.set()
+        try:
+            self._wait_loop(self.pid)
+        finally:
+            self._done.set()
+
+    def _wait_loop(self, pid: int) -> None:
+        while True:
+            try:
+                _, status = os.waitpid(pid, _WALL)
+            except ChildProcessError:
+                return
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                self.exit_status = os.waitstatus_to_exitcode(status)
+                return
+            if not os.WIFSTOPPED(status):
+                continue
+            event = status >> 16
+            sig = os.WSTOPSIG(status)
+            deliver = 0
+            if event == _PTRACE_EVENT_EXIT:
+                self._tracker.refresh(pid)  # the last moment its maps exist
+            elif event == _PTRACE_EVENT_STOP:
+                if sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+                    self._resume(pid, _PTRACE_LISTEN, 0)  # a group stop: stay stopped
+                    continue
+            else:
+                deliver = sig  # a signal for the child: pass it on
+            self._resume(pid, _PTRACE_CONT, deliver)
+
+    @staticmethod
+    def _resume(pid: int, request: int, sig: int) -> None:
+        try:
+            ptrace_request(request, pid, 0, sig)
+        except OSError as e:
+            if e.errno != errno.ESRCH:
+                raise
+
+    def release(self) -> None:
+        """Let the command exec and run (call once the probes are attached)."""
+        os.write(self._gate_w, b"x")
+        os.close(self._gate_w)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the command to end; True when it has."""
+        return self._done.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        """True until the command has exited."""
+        return not self._done.is_set()
+
+    def kill(self) -> None:
+        """End the command (Ctrl-C or the hit limit ended the trace first)."""
+        if self.running and self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,217 @@
+"""`ubt process BINARY FUNC...`: a full backtrace at every hit of a uprobe.
+
+Three stages, so a slow walk never makes the kernel drop events:
+1. the drain thread polls the BPF ring buffer, copies each record and reads the process's maps
+   at its first hit (`MapsTracker`), then queues it;
+2. the main thread turns records into `Snapshot`s and runs the shared pipeline (unwind,
+   symbolize), caching by stack bytes so repeated paths cost one dictionary lookup;
+3. output per hit, or counts per distinct stack printed at the end (`--aggregate`, `folded`).
+Ctrl-C at any point prints what was gathered and detaches every probe.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TextIO
+
+from bpf_progs.capture import ProbePoint, RawHit, StackCapture
+
+from . import hit_render
+from .bcc_env import prepare
+from .errors import UbtError
+from .launcher import Launcher
+from .maps_tracker import MapsTracker
+from .pipeline import Pipeline
+from .probes import AttachPoint, resolve_binary, resolve_probes
+from .probespec import parse_probe
+from .snapshot import Snapshot
+from .trace import Hit
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessOptions:
+    """What `ubt process` was asked to do (the parsed command line)."""
+
+    binary: str
+    probes: tuple[str, ...]
+    command: str | None = None
+    pid: int | None = None
+    max_hits: int | None = None
+    duration: float | None = None
+    aggregate: bool = False
+    fmt: str = "text"
+    stack_size: int = 32 * 1024
+
+
+class _Stats:
+    """Counts reported on stderr at the end: never hide lost events or short stacks."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.truncated = 0
+        self.incomplete = 0
+        self.no_maps = 0
+
+
+def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
+    """Trace until the hit limit, the duration, the command's exit or Ctrl-C; 0 on success."""
+    cflags = prepare("ubt process")
+    binary = resolve_binary(opts.binary)
+    points = resolve_probes(binary, [parse_probe(p) for p in opts.probes])
+    tracker = MapsTracker()
+    launcher = Launcher(opts.command, tracker) if opts.command else None
+    pid_filter = launcher.pid if launcher else opts.pid
+    if opts.pid is not None and not os.path.exists(f"/proc/{opts.pid}"):
+        raise UbtError(f"process {opts.pid} does not exist")
+    records: queue.SimpleQueue[RawHit | None] = queue.SimpleQueue()
+
+    def on_hit(raw: RawHit) -> None:  # drain thread: keep it short
+        tracker.for_hit(raw.pid, raw.regs_pc)
+        records.put(raw)
+
+    probe_points = [ProbePoint(p.path, p.elf_addr, p.is_return, p.label) for p in points]
+    try:
+        capture = StackCapture(probe_points, pid_filter, opts.stack_size, on_hit, cflags)
+    except BaseException:
+        if launcher:
+            launcher.kill()
+        raise
+    stats = _Stats()
+    try:
+        _start_line(points, binary, opts)
+        if launcher:
+            launcher.release()
+        _trace(opts, capture, records, tracker, launcher, stats, out)
+    finally:
+        capture.close()
+        if launcher:
+            launcher.kill()
+    _end_line(stats, capture)
+    return 0
+
+
+def _start_line(points: list[AttachPoint], binary: str, opts: ProcessOptions) -> None:
+    where = sorted({os.path.basename(p.path) for p in points})
+    what = ", ".join(sorted({p.label for p in points}))
+    target = f" in {opts.command!r}" if opts.command else (
+        f" in pid {opts.pid}" if opts.pid else "")
+    print(f"Tracing {len(points)} probe{'s' if len(points) != 1 else ''} ({what}) in "
+          f"{', '.join(where)} of {binary}{target}... Hit Ctrl-C to end.",
+          file=sys.stderr, flush=True)
+
+
+def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.SimpleQueue[RawHit | None],
+           tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO) -> None:
+    stop = threading.Event()
+    drain = threading.Thread(target=_drain, args=(capture, records, stop, launcher),
+                             name="ubt-drain", daemon=True)
+    pipeline = Pipeline()
+    counts: Counter[str] = Counter()
+    examples: dict[str, Hit] = {}
+    deadline = time.monotonic() + opts.duration if opts.duration else None
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    drain.start()
+    try:
+        while opts.max_hits is None or stats.hits < opts.max_hits:
+            timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                raw = records.get(timeout=min(timeout, 0.2))
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                continue
+            if raw is None:
+                break  # the drain ended: the command exited and the buffer is empty
+            hit = _resolve(raw, tracker, pipeline, capture, stats)
+            if hit is None:
+                continue
+            stats.hits += 1
+            if opts.aggregate or opts.fmt == "folded":
+                key = hit_render.folded_key(hit) if opts.fmt == "folded" else _stack_key(hit)
+                counts[key] += 1
+                examples.setdefault(key, hit)
+            else:
+                out.write((hit_render.hit_json(hit) if opts.fmt == "json"
+                           else hit_render.hit_text(hit) + "\n") + "\n")
+                out.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        signal.signal(signal.SIGINT, previous)
+        _print_aggregate(opts, counts, examples, out)
+
+
+def _drain(capture: StackCapture, records: queue.SimpleQueue[RawHit | None],
+           stop: threading.Event, launcher: Launcher | None) -> None:
+    """Poll the ring buffer until told to stop, or the command ended and nothing is left."""
+    try:
+        while not stop.is_set():
+            got = capture.poll(100)
+            if launcher is not None and not launcher.running and got == 0:
+                if capture.poll(0) == 0:
+                    break
+    finally:
+        records.put(None)
+
+
+def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: StackCapture,
+             stats: _Stats) -> Hit | None:
+    maps = tracker.for_hit(raw.pid, raw.regs_pc)
+    if maps is None:
+        stats.no_maps += 1
+        return None
+    snap = Snapshot(raw.pid, raw.tid, raw.comm, raw.regs, raw.stack, maps.text, raw.time_ns)
+    trace = pipeline.trace(snap)
+    if raw.truncated:
+        stats.truncated += 1
+    if not trace.complete:
+        stats.incomplete += 1
+    capture.learn(raw.probe_id, trace.stack_used, trace.complete, raw.truncated)
+    return Hit(raw.pid, raw.tid, raw.comm, raw.time_ns, _label(raw, snap, pipeline, capture),
+               trace, raw.truncated)
+
+
+def _label(raw: RawHit, snap: Snapshot, pipeline: Pipeline, capture: StackCapture) -> str:
+    """The probe's name; an entry probe is told apart by where its pc lies."""
+    probe_id = raw.probe_id
+    if probe_id < 0:
+        module = pipeline.modules(snap).find(raw.regs_pc)
+        if module is not None:
+            probe_id = capture.entry_probe(module.path, raw.regs_pc - module.bias)
+    return capture.probes[probe_id].label if probe_id >= 0 else f"{raw.regs_pc:#x}"
+
+
+def _stack_key(hit: Hit) -> str:
+    return "\n".join(f"{f.pc:x}:{int(f.inlined)}" for f in hit.trace.frames) + hit.probe
+
+
+def _print_aggregate(opts: ProcessOptions, counts: Counter[str], examples: dict[str, Hit],
+                     out: TextIO) -> None:
+    if not counts:
+        return
+    for key, n in sorted(counts.items(), key=lambda kv: kv[1]):
+        if opts.fmt == "folded":
+            out.write(f"{key} {n}\n")
+        elif opts.fmt == "json":
+            out.write(hit_render.hit_json(examples[key], n) + "\n")
+        else:
+            out.write(hit_render.aggregate_text(n, examples[key]) + "\n\n")
+    out.flush()
+
+
+def _end_line(stats: _Stats, capture: StackCapture) -> None:
+    parts = [f"{stats.hits} hit{'s' if stats.hits != 1 else ''}",
+             f"{capture.lost} lost event{'s' if capture.lost != 1 else ''}",
+             f"{stats.truncated} truncated stack{'s' if stats.truncated != 1 else ''}"]
+    if stats.incomplete:
+        parts.append(f"{stats.incomplete} stopped before the outermost frame")
+    if stats.no_maps:
+        parts.append(f"{stats.no_maps} dropped: process gone before its maps were read")
+    print("ubt: " + ", ".join(parts), file=sys.stderr)
