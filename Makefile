@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bootstrap-stamp
 # Debian packages: bcc for the BPF path, kernel headers for bcc's clang, the test oracles
 # (gdb, elfutils, binutils, llvm, perf, valgrind, debuginfod), glibc's DWARF, compilers for fixtures.
 APT_PACKAGES := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 gcc g++ make \
-	gdb elfutils debuginfod binutils llvm linux-perf valgrind libc6-dbg dwz xz-utils
+	gdb elfutils debuginfod binutils llvm linux-perf valgrind libc6-dbg dwz xz-utils bpftrace
 
 .PHONY: bootstrap demo test typecheck clean
 bootstrap: $(STAMP)
@@ -25,11 +25,11 @@ $(STAMP): setup.py Makefile
 	@touch $(STAMP)
 	@echo "bootstrap: ready ($(VENV)/bin/ubt)"
 
-# The main job on a real program: /bin/ls blocked inside libc writing into a pipe nobody reads.
+# The main job on a real program: a full backtrace at every opendir() of `ls -l /` (libc has no
+# frame pointers; bpftrace's ustack stops after one frame here).
 demo: bootstrap
-	@ls -lR /usr/share > >(sleep 30) & pid=$$!; sleep 0.5; \
-	echo "$$ ubt stack -p $$pid    # ls -lR /usr/share, blocked in write()"; \
-	$(VENV)/bin/ubt stack -p $$pid; status=$$?; kill $$pid; exit $$status
+	@echo "$$ ubt process /bin/ls opendir -c 'ls -l /' -n 3"
+	@$(VENV)/bin/ubt process /bin/ls opendir -c 'ls -l / >/dev/null' -n 3
 
 test: bootstrap
 	@$(PY) -m pytest -q tests

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from lru import LRU
 
+from symbolizer.frames import SymFrame
 from symbolizer.module import Module, ModuleSet
 from symbolizer.symbolizer import Symbolizer
 from unwind.cfi import UnwindTableCache
@@ -28,6 +29,7 @@ class Pipeline:
         self._max_frames = max_frames
         self._module_sets: LRU[str, ModuleSet] = LRU(64)  # maps text → ModuleSet
         self._no_table: set[tuple[str, int]] = set()
+        self._by_pc: LRU[tuple[str, str | None, int], tuple[SymFrame, ...]] = LRU(1 << 16)
 
     def modules(self, snap: Snapshot) -> ModuleSet:
         """The modules of the snapshot's process, parsed once per distinct memory map."""
@@ -88,8 +90,12 @@ class Pipeline:
         # Offsets are printed from the pc itself, as gdb and eu-stack do, though the lookup
         # used pc - 1 for return addresses.
         back = raw.pc - lookup_pc
+        key = (module.file, module.build_id, elf_addr)
+        syms = self._by_pc.get(key)
+        if syms is None:  # hits repeat the same paths: one symbolizer call per distinct pc
+            syms = self._by_pc[key] = self.symbolizer.symbolize(module, elf_addr)
         out = []
-        for sym in self.symbolizer.symbolize(module, elf_addr):
+        for sym in syms:
             out.append(Frame(
                 pc=raw.pc, module=module.path, build_id=module.build_id,
                 offset=raw.pc - module.bias, function=sym.function,

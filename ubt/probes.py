@@ -159,6 +159,8 @@ def _match_in(path: str, spec: ProbeSpec) -> list[AttachPoint]:
         if spec.offset and sym.size and spec.offset >= sym.size:
             raise UbtError(f"{spec}: offset {spec.offset:#x} is past the end of {sym.name} "
                            f"({sym.size:#x} bytes)")
+        if spec.offset:
+            _check_boundary(path, sym, spec.offset)
         name = spec.pattern if not spec.is_glob else sym.name
         points.append(AttachPoint(path, name, addr + spec.offset, spec.offset, spec.is_return))
     return points
@@ -178,3 +180,25 @@ def _not_found(binary: str, spec: ProbeSpec) -> str:
     hint = "; nearest: " + ", ".join(f"{n} ({where[n]})" for n in near) if near else ""
     stripped = "" if _image(binary).code_symbols() else f" ({binary} has no symbol table)"
     return (f"no function {spec.pattern!r} in {binary} or its libraries{stripped}{hint}")
+
+
+def _check_boundary(path: str, sym: RawSymbol, offset: int) -> None:
+    """Refuse `func+OFF` inside an instruction: a breakpoint there would corrupt the code the
+    target runs. Instruction starts come from objdump (binutils) over the function's bytes."""
+    end = sym.addr + max(sym.size, offset + 16)
+    try:
+        out = subprocess.run(["objdump", "-d", "--no-show-raw-insn",
+                              f"--start-address={sym.addr:#x}", f"--stop-address={end:#x}",
+                              path], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise UbtError(f"cannot check {sym.name}+{offset:#x} is an instruction start "
+                       f"(objdump: {e})") from None
+    starts = []
+    for line in out.splitlines():
+        head, colon, _ = line.strip().partition(":")
+        if colon and head and all(c in "0123456789abcdef" for c in head):
+            starts.append(int(head, 16) - sym.addr)
+    if offset not in starts:
+        near = sorted(starts, key=lambda o: abs(o - offset))[:2]
+        raise UbtError(f"{sym.name}+{offset:#x} is not the start of an instruction; nearest: "
+                       + ", ".join(f"{sym.name}+{o:#x}" for o in sorted(near)))
