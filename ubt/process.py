@@ -169,6 +169,13 @@ def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: Sta
         return None
     snap = Snapshot(raw.pid, raw.tid, raw.comm, raw.regs, raw.stack, maps.text, raw.time_ns)
     trace = pipeline.trace(snap)
+    if any(f.module is None for f in trace.frames):
+        # a return address outside the maps read so far: a dlopen since; read them again
+        fresh = tracker.refresh(raw.pid)
+        if fresh is not None and fresh.text != maps.text:
+            snap = Snapshot(raw.pid, raw.tid, raw.comm, raw.regs, raw.stack, fresh.text,
+                            raw.time_ns)
+            trace = pipeline.trace(snap)
     if raw.truncated:
         stats.truncated += 1
     if not trace.complete:
