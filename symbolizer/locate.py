@@ -43,17 +43,27 @@ def build_id_path(root: str, build_id: str) -> str:
     return os.path.join(root, ".build-id", build_id[:2], build_id[2:] + ".debug")
 
 
+def default_hooks() -> list[DebugHook]:
+    """The process-wide debuginfod client when DEBUGINFOD_URLS is set (imported only then)."""
+    if not os.environ.get("DEBUGINFOD_URLS", "").strip():
+        return []
+    from debuginfod.hook import shared_hook
+    hook = shared_hook()
+    return [] if hook is None else [hook]
+
+
 class DebugInfoLocator:
     """Finds debug files; stateless apart from its configuration, so callers cache by build-id.
 
     :param debug_roots: global debug directories, ``/usr/lib/debug`` by default.
-    :param hooks: extra finders tried last, e.g. a debuginfod client; `add_hook` appends more.
+    :param hooks: extra finders tried last; None: `default_hooks()` (debuginfod when
+        DEBUGINFOD_URLS is set). `add_hook` appends more.
     """
 
     def __init__(self, debug_roots: tuple[str, ...] = (DEFAULT_DEBUG_ROOT,),
                  hooks: list[DebugHook] | None = None) -> None:
         self.debug_roots = debug_roots
-        self.hooks: list[DebugHook] = list(hooks or [])
+        self.hooks: list[DebugHook] = default_hooks() if hooks is None else list(hooks)
 
     def add_hook(self, hook: DebugHook) -> None:
         """Register a finder consulted after the local ones."""

@@ -15,7 +15,7 @@ from symbolizer.frames import SymFrame
 from symbolizer.maps import ProcessMaps
 from symbolizer.module import Module, ModuleSet
 
-from . import render
+from . import debuginfod_cmd, render
 from .errors import AttachDenied, ProcessGone, UbtError, UsageError
 from .probespec import parse_probe
 from .pipeline import Pipeline
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("-p", "--pid", type=int, help="process; addresses are absolute")
     sy.add_argument("addresses", nargs="*", metavar="ADDR", help="hex; read from stdin if none")
     sy.add_argument("--format", choices=("text", "json"), default="text")
+    debuginfod_cmd.add_parser(sub)
     return p
 
 
@@ -176,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_stack(args.pid, args.format)
         if args.command == "process":
             return cmd_process(args)
+        if args.command == "debuginfod":
+            return debuginfod_cmd.run(args)
         return cmd_symbolize(args.exe, args.pid, args.addresses, args.format)
     except UbtError as e:
         print(f"ubt: {e}", file=sys.stderr)

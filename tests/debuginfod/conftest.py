@@ -1,0 +1,79 @@
+"""Fixtures for the debuginfod tests (the servers themselves are in servers.py).
+
+- `corpus` (session): the stripped fixture programs; they and their `.debug` files are copied
+  into a directory the server indexes (all but `threads-stripped.debug`: a build-id whose
+  debuginfo no server has), the binaries alone into another (without the `.debug` files next
+  to them, `.gnu_debuglink` cannot find anything locally).
+- `real_server` (session) / `start_server` (function, for tests that stop it): ``debuginfod -F``
+  on a free port of 127.0.0.1, ready once it serves a known build-id.
+- `fault_server` (session): our own HTTP server serving `chain-stripped.debug` or faults.
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from debuginfod.elfid import build_id_of
+from tests.debuginfod.servers import (UNSERVED, Corpus, DebuginfodServer, FaultServer,
+                                      start_fault_server)
+from tests.integration import fixture_builder
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    if shutil.which("debuginfod") is None or shutil.which("debuginfod-find") is None:
+        pytest.fail("the debuginfod tests need elfutils' debuginfod and debuginfod-find "
+                    "(Debian package `debuginfod`; run `make bootstrap`)")
+    fixture_builder.build_many(["stripped", "O2-nofp"], jobs=2)
+    src = fixture_builder.variant_dir("stripped")
+    root = tmp_path_factory.mktemp("debuginfod-corpus")
+    served, bins = root / "served", root / "bin"
+    served.mkdir()
+    bins.mkdir()
+    build_ids = {}
+    for debug in sorted(Path(src).glob("*.debug")):
+        name = debug.name[: -len(".debug")]
+        shutil.copy2(Path(src) / name, bins / name)
+        build_ids[name] = build_id_of(str(bins / name))
+        shutil.copy2(Path(src) / name, served / name)
+        if name != UNSERVED:
+            shutil.copy2(debug, served / debug.name)
+    return Corpus(served, bins, Path(src), build_ids)
+
+
+@pytest.fixture(scope="session")
+def real_server(corpus: Corpus,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebuginfodServer]:
+    server = DebuginfodServer(corpus.served_dir, tmp_path_factory.mktemp("dbgd"),
+                              corpus.build_ids["chain-stripped"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_server(corpus: Corpus,
+                 tmp_path: Path) -> Iterator[Callable[[], DebuginfodServer]]:
+    """Factory for a server of the test's own (to stop it midway); stopped at teardown."""
+    started: list[DebuginfodServer] = []
+
+    def start() -> DebuginfodServer:
+        server = DebuginfodServer(corpus.served_dir, tmp_path,
+                                  corpus.build_ids["chain-stripped"])
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def fault_server(corpus: Corpus) -> Iterator[FaultServer]:
+    """Serves the debug file of `chain-stripped` (whatever build-id is asked) or a fault."""
+    state, httpd = start_fault_server(corpus.debug_file("chain-stripped").read_bytes())
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
