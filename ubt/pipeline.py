@@ -29,6 +29,9 @@ class Pipeline:
         self._max_frames = max_frames
         self._module_sets: LRU[str, ModuleSet] = LRU(64)  # maps text → ModuleSet
         self._no_table: set[tuple[str, int]] = set()
+        self._unwinders: LRU[str, Unwinder] = LRU(64)  # maps text → Unwinder
+        # (id of ModuleSet, pc, ...) → (that ModuleSet, frames); the set is kept to check the id
+        self._frames: LRU[tuple[object, ...], tuple[ModuleSet, list[Frame]]] = LRU(1 << 16)
         self._by_pc: LRU[tuple[str, str | None, int], tuple[SymFrame, ...]] = LRU(1 << 16)
 
     def modules(self, snap: Snapshot) -> ModuleSet:
@@ -46,23 +49,33 @@ class Pipeline:
         try:
             debug = self.symbolizer.debug_files(module).debug_path
             return self._tables.get(module.build_id, module.file, debug)
-        except Exception:  # an unreadable or corrupt module must not end the whole trace
+        except (ValueError, OSError):  # unreadable or corrupt: must not end the whole trace
             self._no_table.add(key)
             return None
 
     def unwind(self, snap: Snapshot) -> tuple[ModuleSet, tuple[RawFrame, ...], StopReason]:
         """Walk the snapshot's stack; frames carry absolute pcs only."""
         modules = self.modules(snap)
+        unwinder = self._unwinders.get(snap.maps_text)
+        if unwinder is None:
+            unwinder = self._unwinders[snap.maps_text] = self._unwinder(modules)
+        result = unwinder.unwind(snap.regs, snap.stack)
+        return modules, result.frames, result.stop_reason
+
+    def _unwinder(self, modules: ModuleSet) -> Unwinder:
+        """An unwinder for one memory map, its table per module looked up once."""
+        by_module: dict[int, tuple[UnwindTable, int] | None] = {}
 
         def lookup(pc: int) -> tuple[UnwindTable, int] | None:
             module = modules.find(pc)
             if module is None:
                 return None
-            table = self._table(module)
-            return None if table is None else (table, module.bias)
+            if module.start not in by_module:
+                table = self._table(module)
+                by_module[module.start] = None if table is None else (table, module.bias)
+            return by_module[module.start]
 
-        result = Unwinder(lookup, self._max_frames).unwind(snap.regs, snap.stack)
-        return modules, result.frames, result.stop_reason
+        return Unwinder(lookup, self._max_frames)
 
     def trace(self, snap: Snapshot) -> StackTrace:
         """Unwind and symbolize one snapshot."""
@@ -79,7 +92,16 @@ class Pipeline:
 
     def symbolize_frame(self, modules: ModuleSet, raw: RawFrame,
                         trampoline: bool = False) -> list[Frame]:
-        """The frames (inlined ones first) for one unwound pc."""
+        """The frames (inlined ones first) for one unwound pc (cached: paths repeat)."""
+        key = (id(modules), raw.pc, raw.is_activation, raw.method, trampoline)
+        frames = self._frames.get(key)
+        if frames is None or frames[0] is not modules:
+            frames = self._frames[key] = (modules, self._symbolize_frame(modules, raw,
+                                                                         trampoline))
+        return frames[1]
+
+    def _symbolize_frame(self, modules: ModuleSet, raw: RawFrame,
+                         trampoline: bool) -> list[Frame]:
         method = raw.method.name.lower()
         module = modules.find(raw.pc)
         if module is None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from bpf_progs.capture import ProbePoint, RawHit, StackCapture
+from bpf_progs.uprobe_link import AttachError
+from unwind.unwinder import StopReason
 
 from . import hit_render
 from .bcc_env import prepare
@@ -69,7 +71,9 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
     pid_filter = launcher.pid if launcher else opts.pid
     if opts.pid is not None and not os.path.exists(f"/proc/{opts.pid}"):
         raise UbtError(f"process {opts.pid} does not exist")
-    records: queue.SimpleQueue[RawHit | None] = queue.SimpleQueue()
+    # Bounded: when unwinding falls behind, the drain blocks, the ring buffer fills and the
+    # kernel counts what it drops, instead of this process growing without limit.
+    records: queue.Queue[RawHit | None] = queue.Queue(maxsize=4096)
 
     def on_hit(raw: RawHit) -> None:  # drain thread: keep it short
         tracker.for_hit(raw.pid, raw.regs_pc)
@@ -78,9 +82,14 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
     probe_points = [ProbePoint(p.path, p.elf_addr, p.is_return, p.label) for p in points]
     try:
         capture = StackCapture(probe_points, pid_filter, opts.stack_size, on_hit, cflags)
-    except BaseException:
+    except BaseException as e:
         if launcher:
             launcher.kill()
+        if isinstance(e, AttachError):
+            raise UbtError(f"cannot attach: {e.strerror} (another tracer holding a probe at the "
+                           "same address makes the kernel refuse)") from None
+        if isinstance(e, Exception) and not isinstance(e, UbtError):
+            raise UbtError(f"BPF program could not be loaded: {str(e).splitlines()[0]}") from None
         raise
     stats = _Stats()
     try:
@@ -106,7 +115,7 @@ def _start_line(points: list[AttachPoint], binary: str, opts: ProcessOptions) ->
           file=sys.stderr, flush=True)
 
 
-def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.SimpleQueue[RawHit | None],
+def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.Queue[RawHit | None],
            tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO) -> None:
     stop = threading.Event()
     drain = threading.Thread(target=_drain, args=(capture, records, stop, launcher),
@@ -148,7 +157,7 @@ def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.SimpleQue
         _print_aggregate(opts, counts, examples, out)
 
 
-def _drain(capture: StackCapture, records: queue.SimpleQueue[RawHit | None],
+def _drain(capture: StackCapture, records: queue.Queue[RawHit | None],
            stop: threading.Event, launcher: Launcher | None) -> None:
     """Poll the ring buffer until told to stop, or the command ended and nothing is left."""
     try:
@@ -176,23 +185,15 @@ def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: Sta
             snap = Snapshot(raw.pid, raw.tid, raw.comm, raw.regs, raw.stack, fresh.text,
                             raw.time_ns)
             trace = pipeline.trace(snap)
-    if raw.truncated:
+    # truncated: the copy stopped short of the stack's end and the walk needed more of it
+    truncated = raw.truncated and trace.stop_reason is StopReason.MEMORY_FAULT
+    if truncated:
         stats.truncated += 1
     if not trace.complete:
         stats.incomplete += 1
     capture.learn(raw.probe_id, trace.stack_used, trace.complete, raw.truncated)
-    return Hit(raw.pid, raw.tid, raw.comm, raw.time_ns, _label(raw, snap, pipeline, capture),
-               trace, raw.truncated)
-
-
-def _label(raw: RawHit, snap: Snapshot, pipeline: Pipeline, capture: StackCapture) -> str:
-    """The probe's name; an entry probe is told apart by where its pc lies."""
-    probe_id = raw.probe_id
-    if probe_id < 0:
-        module = pipeline.modules(snap).find(raw.regs_pc)
-        if module is not None:
-            probe_id = capture.entry_probe(module.path, raw.regs_pc - module.bias)
-    return capture.probes[probe_id].label if probe_id >= 0 else f"{raw.regs_pc:#x}"
+    return Hit(raw.pid, raw.tid, raw.comm, raw.time_ns, capture.probes[raw.probe_id].label,
+               trace, truncated)
 
 
 def _stack_key(hit: Hit) -> str:
