@@ -29,4 +29,6 @@ def load_fixture_builder() -> Any:
 
 fixture_builder = load_fixture_builder()
 VARIANTS: tuple[str, ...] = tuple(fixture_builder.VARIANTS)
-PROGRAMS: tuple[str, ...] = tuple(fixture_builder.PROGRAMS)
+#: The fixture programs that block at a known place (``hits`` runs to completion: see
+#: test_process_vs_gdb.py).
+PROGRAMS: tuple[str, ...] = tuple(fixture_builder.BLOCKING_PROGRAMS)

@@ -62,14 +62,11 @@ def _frame(f):
     return out
 
 
-def _thread(th):
-    th.switch()
+def walk():
+    """The selected thread's frames, innermost first, and why the walk ended."""
     frames = []
     stop = None
-    try:
-        f = gdb.newest_frame()
-    except gdb.error as e:
-        return {"tid": th.ptid[1], "name": th.name, "frames": [], "stop": f"error: {e}"}
+    f = gdb.newest_frame()
     while f is not None and len(frames) < MAX_FRAMES:
         frames.append(_frame(f))
         try:
@@ -80,16 +77,30 @@ def _thread(th):
         if older is None:
             stop = gdb.frame_stop_reason_string(f.unwind_stop_reason())
         f = older
-    return {"tid": th.ptid[1], "name": th.name, "frames": frames, "stop": stop}
+    return frames, stop
 
 
-def main():
+def settings():
+    """What both scripts set before walking: demangled names, the walk past main and _start."""
     gdb.execute("set pagination off")
     gdb.execute("set confirm off")
     gdb.execute("set print demangle on")
     gdb.execute("set backtrace past-main on")
     gdb.execute("set backtrace past-entry on")
     gdb.execute("set backtrace limit unlimited")
+
+
+def _thread(th):
+    th.switch()
+    try:
+        frames, stop = walk()
+    except gdb.error as e:
+        return {"tid": th.ptid[1], "name": th.name, "frames": [], "stop": f"error: {e}"}
+    return {"tid": th.ptid[1], "name": th.name, "frames": frames, "stop": stop}
+
+
+def main():
+    settings()
     inferior = gdb.selected_inferior()
     threads = sorted(inferior.threads(), key=lambda t: t.ptid[1])
     doc = {"pid": inferior.pid, "threads": [_thread(t) for t in threads]}
@@ -98,9 +109,10 @@ def main():
     gdb.execute("detach")
 
 
-try:
-    main()
-except Exception as exc:  # make the failure visible to the harness instead of a silent exit
-    with open(os.environ["UBT_GDB_OUT"], "w") as out:
-        json.dump({"error": f"{type(exc).__name__}: {exc}"}, out)
-    raise
+if __name__ == "__main__":  # run by gdb -x; gdb_breaks.py imports the frame helpers
+    try:
+        main()
+    except Exception as exc:  # make the failure visible to the harness instead of a silent exit
+        with open(os.environ["UBT_GDB_OUT"], "w") as out:
+            json.dump({"error": f"{type(exc).__name__}: {exc}"}, out)
+        raise
