@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -101,6 +102,8 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
         capture.close()
         if launcher:
             launcher.kill()
+    if opts.pid is not None and not os.path.exists(f"/proc/{opts.pid}"):
+        print(f"ubt: process {opts.pid} exited", file=sys.stderr)
     _end_line(stats, capture)
     return 0
 
@@ -118,7 +121,13 @@ def _start_line(points: list[AttachPoint], binary: str, opts: ProcessOptions) ->
 def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.Queue[RawHit | None],
            tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO) -> None:
     stop = threading.Event()
-    drain = threading.Thread(target=_drain, args=(capture, records, stop, launcher),
+    if launcher is not None:
+        alive: Callable[[], bool] = lambda: launcher.running
+    elif opts.pid is not None:
+        alive = lambda: os.path.exists(f"/proc/{opts.pid}")
+    else:
+        alive = lambda: True
+    drain = threading.Thread(target=_drain, args=(capture, records, stop, alive),
                              name="ubt-drain", daemon=True)
     pipeline = Pipeline()
     counts: Counter[str] = Counter()
@@ -158,14 +167,14 @@ def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.Queue[Raw
 
 
 def _drain(capture: StackCapture, records: queue.Queue[RawHit | None],
-           stop: threading.Event, launcher: Launcher | None) -> None:
-    """Poll the ring buffer until told to stop, or the command ended and nothing is left."""
+           stop: threading.Event, target_alive: Callable[[], bool]) -> None:
+    """Poll the ring buffer until told to stop, or the target (`-c` command, `-p` process) is
+    gone and nothing is left to read."""
     try:
         while not stop.is_set():
             got = capture.poll(100)
-            if launcher is not None and not launcher.running and got == 0:
-                if capture.poll(0) == 0:
-                    break
+            if got == 0 and not target_alive() and capture.poll(0) == 0:
+                break
     finally:
         records.put(None)
 
