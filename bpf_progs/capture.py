@@ -25,8 +25,8 @@ _SOURCE = Path(__file__).with_name("ustack.c")
 _PAGE = 4096
 #: Bytes above the deepest stack position a walk used that are copied anyway.
 _MARGIN = 1024
-#: Ring buffer size (16 MB): ~2,000 records of 8 KB while the drain catches up.
-_RINGBUF_PAGES = 4096
+#: Ring buffer size (32 MB): ~4,000 records of 8 KB, so a burst from a short program fits.
+_RINGBUF_PAGES = 8192
 # struct pt_regs field order (arch/x86/include/uapi/asm/ptrace.h) → user_regs_struct names
 _PT_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
             "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss")

@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import threading
+import time
 
 from .errors import UbtError
 from .maps_tracker import MapsTracker
@@ -22,7 +23,9 @@ from .ptrace import ptrace_request
 _PTRACE_CONT = 7
 _PTRACE_SEIZE = 0x4206
 _PTRACE_LISTEN = 0x4208
+_PTRACE_O_TRACEEXEC = 0x10
 _PTRACE_O_TRACEEXIT = 0x40
+_PTRACE_EVENT_EXEC = 4
 _PTRACE_EVENT_EXIT = 6
 _PTRACE_EVENT_STOP = 128
 _WALL = 0x40000000
@@ -38,6 +41,11 @@ class Launcher:
         self._done = threading.Event()
         self._error: str | None = None
         self.exit_status: int | None = None
+        # (CLOCK_MONOTONIC ns, program) of every exec of the child, recorded while it is stopped
+        # there, so before any hit of the new program
+        self._execs: list[tuple[int, str]] = []
+        self._argv = _argv(command)
+        self._wrapped = self._argv[0] == "/bin/sh"
         self.pid = 0
         self._command = command
         self._thread = threading.Thread(target=self._trace, name="ubt-launcher", daemon=True)
@@ -47,7 +55,8 @@ class Launcher:
             raise UbtError(self._error)
 
     def _spawn(self) -> int:
-        """Fork the child; it waits on the gate pipe, then execs ``sh -c 'exec CMD'``.
+        """Fork the child; it waits on the gate pipe, then execs CMD (through ``sh -c`` only
+        when it needs a shell).
 
         Not `subprocess.Popen`: Popen returns only after the exec, which the gate holds back.
         """
@@ -57,7 +66,7 @@ class Launcher:
                 os.close(self._gate_w)
                 os.read(self._gate_r, 1)
                 os.close(self._gate_r)
-                os.execv("/bin/sh", ["sh", "-c", f"exec {self._command}"])
+                os.execvp(self._argv[0], self._argv)
             finally:
                 os._exit(127)
         return pid
@@ -66,7 +75,7 @@ class Launcher:
         """The tracer thread: every ptrace call for the child must come from this thread."""
         try:
             self.pid = self._spawn()
-            ptrace_request(_PTRACE_SEIZE, self.pid, 0, _PTRACE_O_TRACEEXIT)
+            ptrace_request(_PTRACE_SEIZE, self.pid, 0, _PTRACE_O_TRACEEXIT | _PTRACE_O_TRACEEXEC)
         except OSError as e:
             self._error = f"cannot run {shlex.quote(self._command)}: {e.strerror or e}"
             self._ready.set()
@@ -94,6 +103,9 @@ class Launcher:
             deliver = 0
             if event == _PTRACE_EVENT_EXIT:
                 self._tracker.refresh(pid)  # the last moment its maps exist
+            elif event == _PTRACE_EVENT_EXEC:
+                self._execs.append((time.monotonic_ns(), _exe(pid)))
+                self._tracker.refresh(pid)  # the new program's maps
             elif event == _PTRACE_EVENT_STOP:
                 if sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
                     self._resume(pid, _PTRACE_LISTEN, 0)  # a group stop: stay stopped
@@ -109,6 +121,19 @@ class Launcher:
         except OSError as e:
             if e.errno != errno.ESRCH:
                 raise
+
+    def runs_command_at(self, time_ns: int) -> bool:
+        """Whether the child was running CMD itself at `time_ns` (CLOCK_MONOTONIC, as BPF's
+        ktime): not before its first exec (that is ubt's fork), and not while it was the
+        `sh -c` wrapper ubt put around a command that needs a shell."""
+        image = None
+        for when, exe in self._execs:
+            if when > time_ns:
+                break
+            image = exe
+        if image is None:
+            return False
+        return not (self._wrapped and image == _SHELL)
 
     def release(self) -> None:
         """Let the command exec and run (call once the probes are attached)."""
@@ -126,8 +151,36 @@ class Launcher:
 
     def kill(self) -> None:
         """End the command (Ctrl-C or the hit limit ended the trace first)."""
-        if self.running and self.pid:
+        if self.pid and self.exit_status is None:  # not reaped yet: the pid is still ours
             try:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+_SHELL_CHARS = set("|&;<>()$`\\\"'*?[#~=%{}\n")
+
+
+_LIST_CHARS = set(";&|\n()`")
+
+
+def _argv(command: str) -> list[str]:
+    """CMD as an argv: split like the shell when it is a plain command (so the shell's own
+    calls are not traced), else ``sh -c CMD``."""
+    if not any(c in _SHELL_CHARS for c in command):
+        argv = shlex.split(command)
+        if argv:
+            return argv
+    if any(c in _LIST_CHARS for c in command):
+        return ["/bin/sh", "-c", command]  # a list or pipeline: the shell runs it
+    return ["/bin/sh", "-c", f"exec {command}"]  # one command (redirections...): same pid
+
+
+_SHELL = os.path.realpath("/bin/sh")
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""

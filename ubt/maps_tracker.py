@@ -57,15 +57,23 @@ class MapsTracker:
         fresh = self.refresh(pid)
         return fresh if fresh is not None else known
 
+    def latest(self, pid: int) -> MapsVersion | None:
+        """The newest reading of `pid`'s maps (e.g. the one taken at its exit), if any."""
+        with self._lock:
+            return self._maps.get(pid)
+
     def refresh(self, pid: int) -> MapsVersion | None:
         """Read /proc/PID/maps now; None (and the pid remembered as unreadable) if it is gone."""
         try:
             with open(f"/proc/{pid}/maps") as f:
-                version = MapsVersion.parse(f.read())
+                text = f.read()
         except OSError:
+            text = ""
+        if not text:  # gone, or a zombie (whose maps read as empty): keep the last reading
             with self._lock:
                 self.unreadable.add(pid)
             return None
+        version = MapsVersion.parse(text)
         with self._lock:
             self._maps[pid] = version
         return version

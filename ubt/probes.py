@@ -21,6 +21,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from symbolizer.elf import ElfFormatError, ElfImage
+from symbolizer.locate import DebugInfoLocator
 from symbolizer.symtab import RawSymbol
 
 from .errors import UbtError
@@ -67,6 +68,25 @@ def _image(path: str) -> ElfImage:
         return ElfImage(path)
     except ElfFormatError as e:
         raise UbtError(str(e)) from None
+
+
+@lru_cache(maxsize=64)
+def _code_symbols(path: str) -> tuple[RawSymbol, ...]:
+    """Every code symbol a probe may name in `path`: its own tables, its MiniDebugInfo and its
+    separate debug file's `.symtab` (a stripped binary with a .gnu_debuglink or build-id file),
+    addresses being the same in all of them."""
+    image = _image(path)
+    symbols = list(image.code_symbols())
+    try:
+        mini = image.minidebuginfo()
+        if mini is not None:
+            symbols += mini.code_symbols()
+        debug = DebugInfoLocator().find(image).debug_path
+        if debug and debug != path:
+            symbols += ElfImage(debug).code_symbols()
+    except (ElfFormatError, OSError):
+        pass  # what the file itself has is still usable
+    return tuple(symbols)
 
 
 def libraries(binary: str) -> list[str]:
@@ -149,7 +169,7 @@ def resolve_probes(binary: str, specs: list[ProbeSpec]) -> list[AttachPoint]:
 def _match_in(path: str, spec: ProbeSpec) -> list[AttachPoint]:
     """Matching functions of one module, one attach point per address (aliases collapsed)."""
     by_addr: dict[int, RawSymbol] = {}
-    for sym in _image(path).code_symbols():
+    for sym in _code_symbols(path):
         hit = fnmatch.fnmatchcase(sym.name, spec.pattern) if spec.is_glob \
             else sym.name == spec.pattern
         if hit and sym.addr not in by_addr:
@@ -171,14 +191,14 @@ def _not_found(binary: str, spec: ProbeSpec) -> str:
     where: dict[str, str] = {}
     for path in [binary, *libraries(binary)]:
         try:
-            names = {s.name for s in _image(path).code_symbols()}
+            names = {s.name for s in _code_symbols(path)}
         except UbtError:
             continue
         for n in names:
             where.setdefault(n, os.path.basename(path))
     near = difflib.get_close_matches(spec.pattern, list(where), n=5, cutoff=0.6)
     hint = "; nearest: " + ", ".join(f"{n} ({where[n]})" for n in near) if near else ""
-    stripped = "" if _image(binary).code_symbols() else f" ({binary} has no symbol table)"
+    stripped = "" if _code_symbols(binary) else f" ({binary} has no symbol table)"
     return (f"no function {spec.pattern!r} in {binary} or its libraries{stripped}{hint}")
 
 

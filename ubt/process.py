@@ -76,9 +76,14 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
     # kernel counts what it drops, instead of this process growing without limit.
     records: queue.Queue[RawHit | None] = queue.Queue(maxsize=4096)
 
+    stop = threading.Event()
+
     def on_hit(raw: RawHit) -> None:  # drain thread: keep it short
+        if launcher is not None and raw.pid == launcher.pid \
+                and not launcher.runs_command_at(raw.time_ns):
+            return  # ubt's fork before exec, or the sh -c wrapper: not the user's command
         tracker.for_hit(raw.pid, raw.regs_pc)
-        records.put(raw)
+        _put(records, raw, stop)
 
     probe_points = [ProbePoint(p.path, p.elf_addr, p.is_return, p.label) for p in points]
     try:
@@ -97,7 +102,7 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
         _start_line(points, binary, opts)
         if launcher:
             launcher.release()
-        _trace(opts, capture, records, tracker, launcher, stats, out)
+        _trace(opts, capture, records, tracker, launcher, stats, out, stop)
     finally:
         capture.close()
         if launcher:
@@ -119,8 +124,8 @@ def _start_line(points: list[AttachPoint], binary: str, opts: ProcessOptions) ->
 
 
 def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.Queue[RawHit | None],
-           tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO) -> None:
-    stop = threading.Event()
+           tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO,
+           stop: threading.Event) -> None:
     if launcher is not None:
         alive: Callable[[], bool] = lambda: launcher.running
     elif opts.pid is not None:
@@ -162,6 +167,7 @@ def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.Queue[Raw
         pass
     finally:
         stop.set()
+        drain.join(timeout=5)  # before the ring buffer is freed under its poll
         signal.signal(signal.SIGINT, previous)
         _print_aggregate(opts, counts, examples, out)
 
@@ -176,7 +182,24 @@ def _drain(capture: StackCapture, records: queue.Queue[RawHit | None],
             if got == 0 and not target_alive() and capture.poll(0) == 0:
                 break
     finally:
-        records.put(None)
+        _put(records, None, stop, always=True)
+
+
+def _put(records: queue.Queue[RawHit | None], item: RawHit | None, stop: threading.Event,
+         always: bool = False) -> None:
+    """Queue `item`, blocking while the walker is behind (back-pressure), but never after the
+    walker has stopped: then the item is dropped (or, `always`, dropped only if still full)."""
+    while not stop.is_set():
+        try:
+            records.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+    if always:
+        try:
+            records.put_nowait(item)
+        except queue.Full:
+            pass
 
 
 def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: StackCapture,
@@ -189,7 +212,7 @@ def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: Sta
     trace = pipeline.trace(snap)
     if any(f.module is None for f in trace.frames):
         # a return address outside the maps read so far: a dlopen since; read them again
-        fresh = tracker.refresh(raw.pid)
+        fresh = tracker.refresh(raw.pid) or tracker.latest(raw.pid)  # alive, or read at exit
         if fresh is not None and fresh.text != maps.text:
             snap = Snapshot(raw.pid, raw.tid, raw.comm, raw.regs, raw.stack, fresh.text,
                             raw.time_ns)
