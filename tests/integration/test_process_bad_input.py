@@ -219,7 +219,7 @@ def test_not_root(ubt: Any, tmp_path: Path) -> None:
     cache.mkdir(mode=0o777)
     os.chmod(tmp_path, 0o755)
     env = dict(ubt.env, HOME=str(tmp_path), UBT_CACHE_DIR=str(cache))
-    script = ("import os, sys; import ubt.cli; os.setgroups([]); os.setgid(65534); "
+    script = ("import os, sys; import ubt.cli, ubt.process; os.setgroups([]); os.setgid(65534); "
               "os.setuid(65534); sys.exit(ubt.cli.main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", script, "process", "/bin/ls", "opendir",
                            "-c", "ls -l /"], capture_output=True, text=True, env=env,
