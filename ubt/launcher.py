@@ -9,6 +9,7 @@ by the time they are symbolized still resolve. Signals pass through untouched.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import shlex
@@ -63,6 +64,7 @@ class Launcher:
         pid = os.fork()
         if pid == 0:  # the child: only async-signal-safe work until exec
             try:
+                _die_with_parent()
                 os.close(self._gate_w)
                 os.read(self._gate_r, 1)
                 os.close(self._gate_r)
@@ -184,3 +186,11 @@ def _exe(pid: int) -> str:
         return os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return ""
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed if ubt dies (SIGTERM, SIGKILL), as when it ends normally."""
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
