@@ -180,26 +180,30 @@ class ElfImage:
                     return desc.hex()
         return None
 
-    def _parse_debuglink(self, f: BinaryIO) -> DebugLink | None:
-        s = self._by_name.get(".gnu_debuglink")
+    def _link_section(self, f: BinaryIO, name: str) -> tuple[bytes, int] | None:
+        """A `.gnu_debuglink`/`.gnu_debugaltlink` section: its bytes and where the file name's
+        NUL is; None when absent or the name is empty."""
+        s = self._by_name.get(name)
         if s is None or s.type == "SHT_NOBITS":
             return None
         data = self._read(f, s.offset, s.size)
         end = data.find(b"\0")
-        if end <= 0:
+        return (data, end) if end > 0 else None
+
+    def _parse_debuglink(self, f: BinaryIO) -> DebugLink | None:
+        link = self._link_section(f, ".gnu_debuglink")
+        if link is None:
             return None
+        data, end = link
         crc_at = (end + 4) & ~3
         (crc,) = struct.unpack_from("<I" if self.little_endian else ">I", data, crc_at)
         return DebugLink(data[:end].decode("utf-8", "replace"), crc)
 
     def _parse_altlink(self, f: BinaryIO) -> AltLink | None:
-        s = self._by_name.get(".gnu_debugaltlink")
-        if s is None or s.type == "SHT_NOBITS":
+        link = self._link_section(f, ".gnu_debugaltlink")
+        if link is None:
             return None
-        data = self._read(f, s.offset, s.size)
-        end = data.find(b"\0")
-        if end <= 0:
-            return None
+        data, end = link
         return AltLink(data[:end].decode("utf-8", "replace"), data[end + 1:].hex())
 
     @property

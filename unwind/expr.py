@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .leb128 import read_sleb, read_uleb
 from .memory import MemoryReader
 
 _MASK = (1 << 64) - 1
@@ -47,30 +48,18 @@ class _Reader:
         return v
 
     def uleb(self) -> int:
-        result = shift = 0
-        data = self.data
-        while True:
-            if self.pos >= len(data):
-                raise ExprError("expression truncated")
-            b = data[self.pos]
-            self.pos += 1
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return result
+        try:
+            value, self.pos = read_uleb(self.data, self.pos)
+        except IndexError:
+            raise ExprError("expression truncated") from None
+        return value
 
     def sleb(self) -> int:
-        result = shift = 0
-        data = self.data
-        while True:
-            if self.pos >= len(data):
-                raise ExprError("expression truncated")
-            b = data[self.pos]
-            self.pos += 1
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return result - (1 << shift) if b & 0x40 else result
+        try:
+            value, self.pos = read_sleb(self.data, self.pos)
+        except IndexError:
+            raise ExprError("expression truncated") from None
+        return value
 
 
 def _binary(op: int, a: int, b: int) -> int:

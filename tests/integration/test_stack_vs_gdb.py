@@ -10,36 +10,9 @@ Method
 3. Match threads by tid and compare frame i of ubt with frame i of gdb
    (``tests.oracle.stack_compare``, shared with test_process_vs_gdb.py):
 
-   - ``pc`` always (gdb's ``frame.pc()`` is the return address for outer frames, like ubt's);
-   - inlined: ubt ``inlined`` == gdb ``INLINE_FRAME``;
-   - name, where gdb has one: gdb's debug-info symbol ``print_name`` (``fx::Worker::run(int)``,
-     demangled, with parameters) or, without debug info, gdb's minimal-symbol name. The one
-     explicit equivalence: gdb computes ``main()`` for a C++ function with no
-     ``DW_AT_linkage_name`` and no scope (``main``); ubt's DWARF name ``main`` is accepted there.
-   - file:line where gdb has a symtab: ``normpath(ubt.file) == normpath(gdb symtab.fullname())``
-     (both join comp_dir and the file name like eu-addr2line) and ``line`` equal; where gdb has
-     no symtab ubt must not invent one;
-   - module: the mapping containing pc.
-   - Signal frames: gdb shows ``<signal handler called>`` (``SIGTRAMP_FRAME``) at the pc of the
-     sigreturn trampoline; ubt shows that trampoline as an ordinary frame at the same pc, named by
-     libc's symbol ``__restore_rt``. The comparison maps one to the other explicitly: a gdb
-     SIGTRAMP frame must face a ubt frame with the same pc, ``function == "__restore_rt"`` in
-     libc, not inlined (file/line are not compared there: gdb has none).
-   - The walk's end: when gdb stops at the outermost frame ubt must say ``end_of_stack``.
-   - gdb's TAILCALL frames are set aside before the comparison (and listed in the output): gdb
-     reconstructs them from DW_TAG_call_site/DW_AT_call_tail_call, e.g.
-     ``__GI___futex_abstimed_wait_cancelable64`` and ``___pthread_join`` in libc, which jump to
-     their callee; they have no frame on the stack, so no CFI unwinder (ubt, eu-stack) shows them.
-
-   Two disagreements between gdb and eu-addr2line are explicit classes, accepted only where
-   eu-addr2line, asked at the frame's lookup address (pc, or pc - 1 for a return address), agrees
-   with ubt and disagrees with gdb; each accepted case is printed:
-   - line table: gdb ignores ``is_stmt = false`` rows, eu-addr2line and llvm-symbolizer do not
-     (libc's ``new_do_write`` return address: gdb ``libioP.h:947``, eu ``fileops.c:448``); ubt's
-     contract is eu-addr2line's;
-   - same-address aliases: ubt's name and gdb's are ELF symbols starting at the same address
-     (``clone3`` / ``__clone3``: all LOCAL, same size; gdb, eu-addr2line and llvm-symbolizer
-     each pick a different one).
+   pc, inlined, name, file:line, module, the signal-frame mapping, the walk's end, gdb's
+   TAILCALL frames and the two accepted gdb/eu-addr2line disagreement classes are defined once,
+   in that module's docstring.
 4. Sanity of the oracle itself: the fixture frames gdb shows are the ones the sources' ``LINE:``
    markers predict (function, file, line), so the targets really blocked at the known place.
 """
