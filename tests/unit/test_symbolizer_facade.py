@@ -5,9 +5,7 @@ real `DwarfIndex` when it is importable.
 """
 from __future__ import annotations
 
-import importlib.util
 import random
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -171,11 +169,6 @@ def test_libc_symbol_table_speed_and_agreement(tmp_path: Path) -> None:
         assert frame.function in nm[start][1] and frame.func_offset == 0
 
 
-HAVE_DWARF_INDEX = importlib.util.find_spec("symbolizer.dwarf_index") is not None
-
-
-@pytest.mark.skipif(not HAVE_DWARF_INDEX or shutil.which("eu-addr2line") is None,
-                    reason="symbolizer.dwarf_index not written yet, or no eu-addr2line")
 def test_real_index_names_what_eu_addr2line_cannot(tmp_path: Path) -> None:
     _need(LIBC, LIBC_DEBUG)
     sym = Symbolizer(str(tmp_path))
