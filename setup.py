@@ -12,5 +12,6 @@ setup(
                   "symbolizer": ["py.typed"], "debuginfod": ["py.typed"]},
     install_requires=["pyelftools>=0.31", "lru-dict>=1.2", "requests>=2.28"],
     extras_require={"test": ["pytest>=7", "mypy>=1.5", "types-requests"]},
-    entry_points={"console_scripts": ["ubt=ubt.cli:main"]},
+    # A plain script, not a console_scripts wrapper: see bin/ubt (Ctrl-C during imports).
+    scripts=["bin/ubt"],
 )

@@ -1,6 +1,7 @@
-"""Load `ustack.c` with bcc, attach it to uprobes, and turn ring-buffer records into `RawHit`s.
+"""Load `ustack.c`, attach it to uprobes, and turn ring-buffer records into `RawHit`s.
 
-One BPF program per run (compiling costs ~0.4 s) serves every probe: it is attached with one
+The program is compiled by bcc once and its bytecode cached (`objcache`), so a run loads it
+without clang. One program serves every probe: it is attached with one
 uprobe_multi link per file and direction (`uprobe_link`), each probe's index as its cookie, so a
 hit names its probe even at a return, where the ip is the caller's. The per-probe copy size is
 learnt from the walks (`learn`): the stack bytes the outermost frame needed on earlier hits plus
@@ -8,17 +9,18 @@ a margin, grown when a walk comes up short, so a hit copies what it needs, not t
 """
 from __future__ import annotations
 
-import ctypes
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
-from bcc import BPF
-
 from unwind.memory import StackBytes
 from unwind.regs import from_user_regs
 
+from .bpfsys import PROG_TYPE_KPROBE, map_lookup, map_update
+from .objcache import LoadedProgram, get_program, load
+from .ringbuf import RingBuffer
 from .uprobe_link import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, file_offsets
 
 _SOURCE = Path(__file__).with_name("ustack.c")
@@ -32,15 +34,8 @@ _PT_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", 
             "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss")
 
 
-class _Header(ctypes.Structure):
-    _fields_ = [("time_ns", ctypes.c_uint64), ("pid", ctypes.c_uint32),
-                ("tid", ctypes.c_uint32), ("probe", ctypes.c_uint32),
-                ("stack_len", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16),
-                ("regs", ctypes.c_uint64 * len(_PT_REGS))]
-
-
-_HEADER_SIZE = ctypes.sizeof(_Header)
+# struct hit_head: time_ns, pid, tid, probe, stack_len, flags, pad, comm[16], struct pt_regs
+_HEAD = struct.Struct(f"<QIIIII4x16s{len(_PT_REGS)}Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,58 +78,61 @@ class StackCapture:
     """
 
     def __init__(self, probes: list[ProbePoint], pid: int | None, stack_cap: int,
-                 on_hit: Callable[[RawHit], None], cflags: tuple[str, ...] = ()) -> None:
+                 on_hit: Callable[[RawHit], None], cflags: Callable[[], tuple[str, ...]],
+                 ring_pages: int = _RINGBUF_PAGES, cache_dir: str | None = None) -> None:
+        """:param cflags: include flags for bcc, asked for only when the program must be
+        compiled (not cached yet).
+        :param ring_pages: ring buffer size in pages (a power of two).
+        :param cache_dir: where the compiled program is kept (default: the ubt cache)."""
         self.probes = probes
         self.stack_cap = -(-stack_cap // _PAGE) * _PAGE
+        self.from_cache = False
         self._on_hit = on_hit
         self._need = [0] * len(probes)
         self._want = [self.stack_cap] * len(probes)
         self._links: list[UprobeMultiLink] = []
         self._lost_at_close = 0
-        self._records = 0
-        defines = [f"-DSTACK_CAP={self.stack_cap}", f"-DFILTER_PID={pid or 0}",
-                   f"-DNPROBES={len(probes)}", f"-DRINGBUF_PAGES={_RINGBUF_PAGES}"]
-        self._bpf: BPF | None = None
-        self._bpf = BPF(text=_SOURCE.read_text(), cflags=[*defines, *cflags])
+        self._ring: RingBuffer | None = None
+        self._prog: LoadedProgram | None = None
+        defines = (f"-DSTACK_CAP={self.stack_cap}",)
+        compiled, self.from_cache = get_program(_SOURCE.read_text(), defines, cflags, "on_hit",
+                                                cache_dir)
+        self._prog = load(compiled, "ubt_ustack", PROG_TYPE_KPROBE, BPF_TRACE_UPROBE_MULTI,
+                          {"hits": ring_pages * _PAGE, "want": len(probes)})
         try:
-            prog = self._bpf.load_func(b"on_hit", BPF.KPROBE, attach_type=BPF_TRACE_UPROBE_MULTI)
             order = sorted(range(len(probes)), key=lambda i: (probes[i].path, probes[i].is_return))
             for (path, is_return), group in groupby(order, lambda i: (probes[i].path,
                                                                       probes[i].is_return)):
                 ids = list(group)
                 offsets = file_offsets(path, [probes[i].elf_addr for i in ids])
-                self._links.append(UprobeMultiLink(prog.fd, path, offsets, ids,
+                self._links.append(UprobeMultiLink(self._prog.prog_fd, path, offsets, ids,
                                                    retprobe=is_return, pid=pid))
+            self._ring = RingBuffer(self._prog.map_fds["hits"], ring_pages * _PAGE,
+                                    self._sample)
         except BaseException:
             self.close()
             raise
-        self._bpf["hits"].open_ring_buffer(self._callback)
 
-    def _callback(self, _ctx: object, data: int, size: int) -> None:
-        self._records += 1
-        head = _Header.from_address(data)
-        length = min(head.stack_len, size - _HEADER_SIZE)
-        regs = from_user_regs(dict(zip(_PT_REGS, head.regs)))
-        stack = StackBytes(regs[7], ctypes.string_at(data + _HEADER_SIZE, length))
-        self._on_hit(RawHit(head.pid, head.tid, head.comm.decode(errors="replace"),
-                            head.time_ns, int(head.probe), regs, stack, bool(head.flags & 1)))
+    def _sample(self, data: memoryview) -> None:
+        time_ns, pid, tid, probe, stack_len, flags, comm, *regs = _HEAD.unpack_from(data)
+        end = _HEAD.size + min(stack_len, len(data) - _HEAD.size)
+        uregs = from_user_regs(dict(zip(_PT_REGS, regs)))
+        stack = StackBytes(uregs[7], bytes(data[_HEAD.size:end]))
+        self._on_hit(RawHit(pid, tid, comm.split(b"\0", 1)[0].decode(errors="replace"),
+                            time_ns, probe, uregs, stack, bool(flags & 1)))
 
     def poll(self, timeout_ms: int) -> int:
-        """Drain the ring buffer: wait up to `timeout_ms` for a wake-up (records are mostly
-        submitted without one), then consume everything there; returns how many records."""
-        if self._bpf is None:
-            return 0
-        before = self._records
-        self._bpf.ring_buffer_poll(timeout_ms)  # bcc returns nothing useful: count ourselves
-        self._bpf.ring_buffer_consume()
-        return self._records - before
+        """Drain the ring buffer: consume what is there, else wait up to `timeout_ms` for a
+        wake-up (records are mostly submitted without one) and consume; returns how many."""
+        return self._ring.poll(timeout_ms) if self._ring is not None else 0
 
     @property
     def lost(self) -> int:
         """Records dropped because the ring buffer was full (the final count after `close`)."""
-        if self._bpf is None:
+        if self._prog is None:
             return self._lost_at_close
-        return int(sum(v.value for v in self._bpf["lost"].values()))
+        value = map_lookup(self._prog.map_fds["lost"], bytes(4), 8)
+        return int.from_bytes(value or bytes(8), "little")
 
     def learn(self, probe_id: int, used: int, complete: bool, at_cap: bool) -> None:
         """Adapt the copy size of a probe after a walk: `used` stack bytes were needed.
@@ -151,16 +149,20 @@ class StackCapture:
             new = min(self.stack_cap, old * 2)
         else:
             return
-        if new != old and self._bpf is not None:
+        if new != old and self._prog is not None:
             self._want[slot] = new
-            self._bpf["want"][ctypes.c_int(slot)] = ctypes.c_uint32(new)
+            map_update(self._prog.map_fds["want"], slot.to_bytes(4, "little"),
+                       new.to_bytes(4, "little"))
 
     def close(self) -> None:
-        """Detach every uprobe and free the program (safe to call twice)."""
+        """Detach every uprobe and free the program and its maps (safe to call twice)."""
         for link in self._links:
             link.close()
         self._links.clear()
-        if self._bpf is not None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._prog is not None:
             self._lost_at_close = self.lost
-            self._bpf.cleanup()
-            self._bpf = None
+            self._prog.close()
+            self._prog = None

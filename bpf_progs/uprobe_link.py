@@ -20,16 +20,13 @@ from collections.abc import Sequence
 
 from symbolizer.elf import ElfImage
 
+from .bpfsys import LINK_CREATE, BpfError, bpf
+
 #: enum bpf_attach_type value to load the program with (uapi/linux/bpf.h, kernel 6.6+).
 BPF_TRACE_UPROBE_MULTI = 48
 _BPF_F_UPROBE_MULTI_RETURN = 1
-_NR_BPF = 321
-_BPF_LINK_CREATE = 28
 _ATTR_SIZE = 128  # union bpf_attr, zero-padded past link_create.uprobe_multi
 _PF_X = 1
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 class AttachError(OSError):
@@ -79,13 +76,10 @@ class UprobeMultiLink:
         struct.pack_into("<QQQQIII", attr, 16, ctypes.addressof(c_path),
                          ctypes.addressof(c_offsets), 0, ctypes.addressof(c_cookies), count,
                          _BPF_F_UPROBE_MULTI_RETURN if retprobe else 0, pid or 0)
-        buf = (ctypes.c_char * _ATTR_SIZE).from_buffer(attr)
-        fd = int(_libc.syscall(_NR_BPF, ctypes.c_int(_BPF_LINK_CREATE), buf,
-                               ctypes.c_uint(_ATTR_SIZE)))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise AttachError(err, f"uprobes in {path}: {os.strerror(err)}")
-        self._fd = fd
+        try:
+            self._fd = bpf(LINK_CREATE, attr)
+        except BpfError as e:
+            raise AttachError(e.errno, f"uprobes in {path}: {e.strerror}") from None
 
     def close(self) -> None:
         """Remove the uprobes (idempotent)."""

@@ -1,12 +1,11 @@
 // ubt: registers and user stack bytes at a uprobe, into a ring buffer.
 //
-// Compiled by bcc once per run with -D settings:
+// Compiled by bcc with one -D setting, and the bytecode cached (bpf_progs/objcache.py):
 //   STACK_CAP      most stack bytes copied per hit (a multiple of 4096, at most 131072)
-//   FILTER_PID     only this process (0: every process that maps the probed file)
-//   NPROBES        number of probes (entries in `want`, the copy size learnt in user space)
-//   RINGBUF_PAGES  ring buffer size
-// One program serves every probe: it is attached through uprobe_multi links whose cookie is
-// the probe's index (bpf_get_attach_cookie).
+// The sizes of `hits` and `want` below are placeholders: the loader sets them per run (ring
+// buffer size; one `want` entry per probe). One program serves every probe: it is attached
+// through uprobe_multi links whose cookie is the probe's index (bpf_get_attach_cookie), and
+// links made for one process filter by pid in the kernel.
 //
 // The copy is page-aligned: the first chunk runs from sp to the next page boundary, the rest are
 // whole pages, so a failing chunk means that page is not mapped: the end of the stack. That end is
@@ -31,8 +30,8 @@ struct hit_head {
 
 #define HIT_TRUNCATED 1
 
-BPF_RINGBUF_OUTPUT(hits, RINGBUF_PAGES);
-BPF_ARRAY(want, u32, NPROBES);          // bytes to copy per probe, learnt in user space
+BPF_RINGBUF_OUTPUT(hits, 1);
+BPF_ARRAY(want, u32, 1);          // bytes to copy per probe, learnt in user space
 BPF_ARRAY(lost, u64, 1);                // ring buffer full
 BPF_TABLE("lru_hash", u32, u64, stack_end, 65536);  // tid -> first unmapped address above sp
 BPF_TABLE("lru_hash", u32, u8, seen, 16384);         // processes that had a hit already
@@ -141,10 +140,6 @@ static __always_inline int capture(struct pt_regs *ctx, u32 probe)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 pid = id >> 32, tid = (u32)id;
-#if FILTER_PID
-    if (pid != FILTER_PID)
-        return 0;
-#endif
     u64 sp = ctx->sp;
     u64 limit = STACK_CAP;
     u32 *w = want.lookup(&probe);

@@ -1,4 +1,4 @@
-"""Everything bcc needs before it can compile a uprobe program on this kind of machine.
+"""Everything needed before a uprobe program can be compiled (bcc) and loaded on this machine.
 
 - root (BPF and uprobes need CAP_SYS_ADMIN/CAP_BPF+CAP_PERFMON; we ask for root plainly);
 - tracefs mounted (without it attaching works but detaching fails at exit, leaving probes);
@@ -53,8 +53,8 @@ def kernel_cflags() -> tuple[str, ...]:
             f"-I{gen}/arch/x86/include/generated/uapi", f"-I{gen}/include/generated/uapi")
 
 
-def prepare(what: str) -> tuple[str, ...]:
-    """All of the above, in order; returns the cflags for `BPF(text=..., cflags=...)`."""
+def prepare(what: str) -> None:
+    """Root and tracefs, in order. Kernel headers (`kernel_cflags`) are looked for only when a
+    program has to be compiled: a cached one loads without them."""
     require_root(what)
     ensure_tracefs()
-    return kernel_cflags()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -170,7 +171,10 @@ def _flush_lines(lines: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `ubt` console script."""
+    """Entry point of the `ubt` command (bin/ubt)."""
+    # From here on Ctrl-C raises KeyboardInterrupt, which each command handles (bin/ubt's
+    # early handler only covered the imports).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = _parser().parse_args(argv)
     try:
         if args.command == "stack":
