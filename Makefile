@@ -12,7 +12,7 @@ APT_PACKAGES := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 gcc g
 .PHONY: bootstrap demo test typecheck clean
 bootstrap: $(STAMP)
 
-$(STAMP): setup.py Makefile
+$(STAMP): setup.py pyproject.toml Makefile
 	@missing=$$(dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' $(APT_PACKAGES) 2>/dev/null \
 		| awk '$$1!="ii"{print $$2}'; for p in $(APT_PACKAGES); do \
 		dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done | sort -u); \

@@ -175,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # From here on Ctrl-C raises KeyboardInterrupt, which each command handles (bin/ubt's
     # early handler only covered the imports).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         if args.command == "stack":
             return cmd_stack(args.pid, args.format)
         if args.command == "process":

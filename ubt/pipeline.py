@@ -33,6 +33,8 @@ class Pipeline:
         # (id of ModuleSet, pc, ...) → (that ModuleSet, frames); the set is kept to check the id
         self._frames: LRU[tuple[object, ...], tuple[ModuleSet, list[Frame]]] = LRU(1 << 16)
         self._by_pc: LRU[tuple[str, str | None, int], tuple[SymFrame, ...]] = LRU(1 << 16)
+        # (id of ModuleSet, (pc, is_activation, method) per frame...) → (that set, frames)
+        self._stacks: LRU[tuple[object, ...], tuple[ModuleSet, tuple[Frame, ...]]] = LRU(4096)
 
     def modules(self, snap: Snapshot) -> ModuleSet:
         """The modules of the snapshot's process, parsed once per distinct memory map."""
@@ -80,6 +82,16 @@ class Pipeline:
     def trace(self, snap: Snapshot) -> StackTrace:
         """Unwind and symbolize one snapshot."""
         modules, raw_frames, stop = self.unwind(snap)
+        # hits repeat the same paths: the frames of a whole stack are kept by its pcs
+        key = (id(modules), *((f.pc, f.is_activation, f.method) for f in raw_frames))
+        cached = self._stacks.get(key)
+        if cached is None or cached[0] is not modules:
+            cached = self._stacks[key] = (modules, self._symbolize_stack(modules, raw_frames))
+        used = max((f.cfa or f.sp for f in raw_frames), default=0) - snap.regs.get(RSP, 0)
+        return StackTrace(cached[1], stop, max(used, 0))
+
+    def _symbolize_stack(self, modules: ModuleSet,
+                         raw_frames: tuple[RawFrame, ...]) -> tuple[Frame, ...]:
         frames: list[Frame] = []
         for n, raw in enumerate(raw_frames):
             # A frame whose caller was interrupted (is_activation) is a signal trampoline: the
@@ -87,8 +99,7 @@ class Pipeline:
             # is the padding glibc puts before __restore_rt for the unwinder's sake.
             trampoline = n > 0 and n + 1 < len(raw_frames) and raw_frames[n + 1].is_activation
             frames.extend(self.symbolize_frame(modules, raw, trampoline))
-        used = max((f.cfa or f.sp for f in raw_frames), default=0) - snap.regs.get(RSP, 0)
-        return StackTrace(tuple(frames), stop, max(used, 0))
+        return tuple(frames)
 
     def symbolize_frame(self, modules: ModuleSet, raw: RawFrame,
                         trampoline: bool = False) -> list[Frame]:

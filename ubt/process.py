@@ -2,9 +2,9 @@
 
 Three stages, so a slow walk never makes the kernel drop events:
 1. the drain thread polls the BPF ring buffer, copies each record and reads the process's maps
-   at its first hit (`MapsTracker`), then queues it;
+   at its first hit (`MapsTracker`), then queues records in batches;
 2. the main thread turns records into `Snapshot`s and runs the shared pipeline (unwind,
-   symbolize), caching by stack bytes so repeated paths cost one dictionary lookup;
+   symbolize; unwind rules cached per pc, symbolized frames per stack of pcs);
 3. output per hit, or counts per distinct stack printed at the end (`--aggregate`, `folded`).
 Ctrl-C at any point prints what was gathered and detaches every probe.
 """
@@ -36,6 +36,9 @@ from .probes import AttachPoint, resolve_binary, resolve_probes
 from .probespec import parse_probe
 from .snapshot import Snapshot
 from .trace import Hit
+
+#: Records per queue item: one queue operation (two lock round trips) per batch, not per record.
+BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,9 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
         raise UbtError(f"process {opts.pid} does not exist")
     # Bounded: when unwinding falls behind, the drain blocks, the ring buffer fills and the
     # kernel counts what it drops, instead of this process growing without limit.
-    records: queue.Queue[RawHit | None] = queue.Queue(maxsize=4096)
+    # Records travel in batches (one queue operation per BATCH records, not per record).
+    records: queue.Queue[list[RawHit] | None] = queue.Queue(maxsize=4096 // BATCH)
+    batch: list[RawHit] = []
 
     stop = threading.Event()
 
@@ -84,7 +89,15 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
                 and not launcher.runs_command_at(raw.time_ns):
             return  # ubt's fork before exec, or the sh -c wrapper: not the user's command
         tracker.for_hit(raw.pid, raw.regs_pc)
-        _put(records, raw, stop)
+        batch.append(raw)
+        if len(batch) >= BATCH:
+            _put(records, batch.copy(), stop)
+            batch.clear()
+
+    def flush() -> None:  # drain thread, after each poll
+        if batch:
+            _put(records, batch.copy(), stop)
+            batch.clear()
 
     probe_points = [ProbePoint(p.path, p.elf_addr, p.is_return, p.label) for p in points]
     try:
@@ -105,7 +118,7 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
         _start_line(points, binary, opts)
         if launcher:
             launcher.release()
-        _trace(opts, capture, records, tracker, launcher, stats, out, stop)
+        _trace(opts, capture, records, flush, tracker, launcher, stats, out, stop)
     finally:
         capture.close()
         if launcher:
@@ -126,8 +139,8 @@ def _start_line(points: list[AttachPoint], binary: str, opts: ProcessOptions) ->
           file=sys.stderr, flush=True)
 
 
-def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.Queue[RawHit | None],
-           tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO,
+def _trace(opts: ProcessOptions, capture: StackCapture,
+           records: queue.Queue[list[RawHit] | None], flush: Callable[[], None], tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO,
            stop: threading.Event) -> None:
     if launcher is not None:
         alive: Callable[[], bool] = lambda: launcher.running
@@ -135,7 +148,7 @@ def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.Queue[Raw
         alive = lambda: os.path.exists(f"/proc/{opts.pid}")
     else:
         alive = lambda: True
-    drain = threading.Thread(target=_drain, args=(capture, records, stop, alive),
+    drain = threading.Thread(target=_drain, args=(capture, records, flush, stop, alive),
                              name="ubt-drain", daemon=True)
     pipeline = Pipeline()
     counts: Counter[str] = Counter()
@@ -147,25 +160,17 @@ def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.Queue[Raw
         while opts.max_hits is None or stats.hits < opts.max_hits:
             timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                raw = records.get(timeout=min(timeout, 0.2))
+                raws = records.get(timeout=min(timeout, 0.2))
             except queue.Empty:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 continue
-            if raw is None:
+            if raws is None:
                 break  # the drain ended: the command exited and the buffer is empty
-            hit = _resolve(raw, tracker, pipeline, capture, stats)
-            if hit is None:
-                continue
-            stats.hits += 1
-            if opts.aggregate or opts.fmt == "folded":
-                key = hit_render.folded_key(hit) if opts.fmt == "folded" else _stack_key(hit)
-                counts[key] += 1
-                examples.setdefault(key, hit)
-            else:
-                out.write((hit_render.hit_json(hit) if opts.fmt == "json"
-                           else hit_render.hit_text(hit) + "\n") + "\n")
-                out.flush()
+            for raw in raws:
+                if opts.max_hits is not None and stats.hits >= opts.max_hits:
+                    break
+                _walk(raw, opts, capture, tracker, pipeline, stats, counts, examples, out)
     except KeyboardInterrupt:
         pass
     finally:
@@ -175,20 +180,42 @@ def _trace(opts: ProcessOptions, capture: StackCapture, records: queue.Queue[Raw
         _print_aggregate(opts, counts, examples, out)
 
 
-def _drain(capture: StackCapture, records: queue.Queue[RawHit | None],
-           stop: threading.Event, target_alive: Callable[[], bool]) -> None:
+def _walk(raw: RawHit, opts: ProcessOptions, capture: StackCapture, tracker: MapsTracker,
+          pipeline: Pipeline, stats: _Stats, counts: Counter[str], examples: dict[str, Hit],
+          out: TextIO) -> None:
+    """Unwind and symbolize one record; count it (aggregate, folded) or print it."""
+    hit = _resolve(raw, tracker, pipeline, capture, stats)
+    if hit is None:
+        return
+    stats.hits += 1
+    if opts.aggregate or opts.fmt == "folded":
+        key = hit_render.folded_key(hit) if opts.fmt == "folded" else _stack_key(hit)
+        counts[key] += 1
+        examples.setdefault(key, hit)
+    else:
+        out.write((hit_render.hit_json(hit) if opts.fmt == "json"
+                   else hit_render.hit_text(hit) + "\n") + "\n")
+        out.flush()
+
+
+def _drain(capture: StackCapture, records: queue.Queue[list[RawHit] | None],
+           flush: Callable[[], None], stop: threading.Event,
+           target_alive: Callable[[], bool]) -> None:
     """Poll the ring buffer until told to stop, or the target (`-c` command, `-p` process) is
     gone and nothing is left to read."""
     try:
         while not stop.is_set():
             got = capture.poll(100)
+            flush()
             if got == 0 and not target_alive() and capture.poll(0) == 0:
                 break
+        flush()
     finally:
         _put(records, None, stop, always=True)
 
 
-def _put(records: queue.Queue[RawHit | None], item: RawHit | None, stop: threading.Event,
+def _put(records: queue.Queue[list[RawHit] | None], item: list[RawHit] | None,
+         stop: threading.Event,
          always: bool = False) -> None:
     """Queue `item`, blocking while the walker is behind (back-pressure), but never after the
     walker has stopped: then the item is dropped (or, `always`, dropped only if still full)."""

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .expr import ExprError, evaluate
 from .memory import MemoryFault, MemoryReader, StackBytes
@@ -28,6 +28,8 @@ _unpack_u64 = struct.Struct("<Q").unpack_from
 _MASK = (1 << 64) - 1
 #: The frame-pointer fallback trusts rbp only this far above the stack pointer.
 _FP_MAX_DISTANCE = 64 << 20
+_RULE_MEMO = 1 << 16  # addresses remembered per Unwinder before the memo starts over
+_MISSING: Any = object()  # "not looked up yet" in the memo, where None means "no rule"
 
 _OFFSET = int(RuleKind.OFFSET)
 _VAL_OFFSET = int(RuleKind.VAL_OFFSET)
@@ -160,6 +162,22 @@ class Unwinder:
     def __init__(self, lookup: Lookup, max_frames: int = 256) -> None:
         self.lookup = lookup
         self.max_frames = max_frames
+        # lookup address (pc, or pc - 1 for a return address) → its rule, or None: one dict
+        # probe per frame where hits walk the same paths (`lookup` must be stable: the caller
+        # makes one Unwinder per memory map)
+        self._rules: dict[int, RawRule | None] = {}
+
+    def _rule_at(self, pc: int, at: int) -> RawRule | None:
+        """The CFI rule covering absolute address `at` (found through `pc`'s module)."""
+        got = self.lookup(pc)
+        rule = None
+        if got is not None:
+            table, bias = got
+            rule = table.raw_for(at - bias)
+        if len(self._rules) >= _RULE_MEMO:
+            self._rules.clear()
+        self._rules[at] = rule
+        return rule
 
     def unwind(self, regs: Mapping[int, int], memory: MemoryReader) -> UnwindResult:
         """Unwind from `regs` (DWARF number → value) reading saved values from `memory`."""
@@ -168,7 +186,7 @@ class Unwinder:
         sp = regs.get(RSP)
         if pc is None or sp is None:
             return UnwindResult((), StopReason.BAD_CFI, "registers lack rip or rsp")
-        lookup = self.lookup
+        rules = self._rules
         max_frames = self.max_frames
         frames: list[RawFrame] = []
         append = frames.append
@@ -187,11 +205,10 @@ class Unwinder:
                 reason = StopReason.PC_ZERO
                 break
             try:
-                got = lookup(pc)
-                rule = None
-                if got is not None:
-                    table, bias = got
-                    rule = table.raw_for((pc if activation else pc - 1) - bias)
+                at = pc if activation else pc - 1
+                rule: RawRule | None = rules.get(at, _MISSING)
+                if rule is _MISSING:
+                    rule = self._rule_at(pc, at)
                 if rule is None:
                     next_method = fp
                     signal = False
