@@ -6,6 +6,7 @@
   to them, `.gnu_debuglink` cannot find anything locally).
 - `real_server` (session) / `start_server` (function, for tests that stop it): ``debuginfod -F``
   on a free port of 127.0.0.1, ready once it serves a known build-id.
+- `counter` (function): a `ConnectionCounter` (a URL where any connection attempt is counted).
 - `fault_server` (session): our own HTTP server serving `chain-stripped.debug` or faults.
 """
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from debuginfod.elfid import build_id_of
-from tests.debuginfod.servers import (UNSERVED, Corpus, DebuginfodServer, FaultServer,
-                                      start_fault_server)
+from tests.debuginfod.servers import (UNSERVED, ConnectionCounter, Corpus, DebuginfodServer,
+                                      FaultServer, start_fault_server)
 from tests.integration import fixture_builder
 
 
@@ -77,3 +78,11 @@ def fault_server(corpus: Corpus) -> Iterator[FaultServer]:
     yield state
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def counter() -> Iterator[ConnectionCounter]:
+    """A URL that counts connection attempts: point DEBUGINFOD_URLS at it to prove none."""
+    listener = ConnectionCounter()
+    yield listener
+    listener.close()
