@@ -33,7 +33,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     if shutil.which("debuginfod") is None or shutil.which("debuginfod-find") is None:
         pytest.fail("the debuginfod tests need elfutils' debuginfod and debuginfod-find "
                     "(Debian package `debuginfod`; run `make bootstrap`)")
-    fixture_builder.build_many(["stripped", "O2-nofp", "debugframe"], jobs=2)
+    fixture_builder.build_many(["stripped", "O2-nofp", "debugframe", "O0"], jobs=2)
     src = fixture_builder.variant_dir("stripped")
     root = tmp_path_factory.mktemp("debuginfod-corpus")
     served, bins = root / "served", root / "bin"
