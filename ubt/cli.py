@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ubt", description=__doc__.splitlines()[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("stack", help="backtrace every thread of a live process")
+    st = sub.add_parser("stack", help="backtrace every thread of a live process (or of "
+                        "saved snapshots)")
     target = st.add_mutually_exclusive_group(required=True)
     target.add_argument("-p", "--pid", type=int)
     target.add_argument("--load", metavar="FILE",

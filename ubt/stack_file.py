@@ -56,6 +56,7 @@ class Saver:
 
     def __init__(self, path: str | None, pipeline: _ModuleSource) -> None:
         self._pipeline = pipeline
+        self._path = path
         self._file: IO[str] | None = None
         if path is not None:
             try:
@@ -76,5 +77,8 @@ class Saver:
         if self._file is None:
             return
         build_ids = {m.start: m.build_id for m in self._pipeline.modules(snap) if m.build_id}
-        self._file.write(dataclasses.replace(snap, build_ids=build_ids).to_json() + "\n")
-        self._file.flush()
+        try:
+            self._file.write(dataclasses.replace(snap, build_ids=build_ids).to_json() + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk, a quota
+            raise UbtError(f"{self._path}: {e.strerror or e}") from None

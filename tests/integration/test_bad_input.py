@@ -214,6 +214,14 @@ def test_save_to_unwritable_path(ubt: Any, tmp_path: Path) -> None:
     assert "No such file or directory" in line
 
 
+@pytest.mark.needs_root
+def test_save_to_a_full_disk(ubt: Any, needs_root: None, spawn_blocked: Any) -> None:
+    bp = spawn_blocked(["sleep", "100"], ready=None)
+    line = assert_clean_failure(ubt.run("stack", "-p", str(bp.pid), "--save", "/dev/full"),
+                                "--save /dev/full")
+    assert "No space left on device" in line
+
+
 # ---- symbolize ----------------------------------------------------------------------------------
 
 @pytest.mark.needs_root
