@@ -12,6 +12,8 @@ retries), with these choices of ours:
   failing server may well have the file;
 - a debuginfo or executable whose build-id differs from the one asked for is deleted, reported
   and never used;
+- a section is first extracted from the build-id's cached debuginfo or executable, as
+  libdebuginfod does (`debuginfod.section`); the servers are asked only when neither settles it;
 - answers (paths and failures) are remembered in memory for the run, so one build-id costs at
   most one look-up however many addresses or frames need it.
 """
@@ -30,6 +32,7 @@ from .config import ClientConfig
 from .download import FetchError, Limits, NotOnServer, fetch
 from .elfid import mismatch
 from .progress import Progress, make_progress
+from .section import Outcome, cached_section
 
 USER_AGENT = "ubt-debuginfod/0.1 (like elfutils/0.188)"
 
@@ -120,11 +123,34 @@ class DebuginfodClient:
         if found.state is State.NEGATIVE:
             self._verbose(f"{artifact.describe()} {artifact.build_id}: cached miss")
             raise NotFound(_not_found(artifact))
+        if artifact.kind == "section":
+            local = self._section_from_cache(artifact)
+            if local is not None:
+                return local
         servers = [url for url in self.config.urls if url not in self._down]
         if not servers:
             raise NoServer("DEBUGINFOD_URLS is not set" if not self.config.urls
                            else "no debuginfod server reachable")
         return self._from_servers(artifact, servers)
+
+    def _section_from_cache(self, artifact: Artifact) -> str | None:
+        """The section extracted from the cached debuginfo or executable (`section`); None
+        when the servers must be asked. :raises NotFound: the cached debuginfo lacks it."""
+        try:
+            found = cached_section(self.cache, artifact)
+        except OSError as e:
+            raise FetchFailed(f"cannot write to the cache {self.cache.root}: "
+                              f"{e.strerror or e}") from None
+        if found is Outcome.ABSENT:
+            self._verbose(f"{artifact.describe()} {artifact.build_id}: not in the cached "
+                          "debuginfo")
+            raise NotFound(f"no {artifact.describe()} in the debuginfo of build-id "
+                           f"{artifact.build_id}")
+        if found is Outcome.UNKNOWN:
+            return None
+        self._verbose(f"{artifact.describe()} {artifact.build_id}: extracted from the cache "
+                      f"→ {found}")
+        return found
 
     def _from_servers(self, artifact: Artifact, servers: list[str]) -> str:
         failures: list[str] = []

@@ -158,6 +158,13 @@ class ElfImage:
         self.debuglink = self._guard(".gnu_debuglink", lambda: self._parse_debuglink(f))
         self.altlink = self._guard(".gnu_debugaltlink", lambda: self._parse_altlink(f))
 
+    def section_type(self, name: str) -> str | None:
+        """The ``sh_type`` of section `name` (``SHT_PROGBITS``, ``SHT_NOBITS``...), None when
+        the file has no such section: a stripped file keeps its sections' headers as NOBITS,
+        which is not the same as not having them."""
+        s = self._by_name.get(name)
+        return None if s is None else s.type
+
     def section_data(self, name: str) -> bytes | None:
         """The raw bytes of section `name`, None when absent or without file contents."""
         s = self._by_name.get(name)

@@ -4,7 +4,8 @@ Distributions ship debug info separately: Debian's `-dbg`/`-dbgsym` packages ins
 ``/usr/lib/debug/.build-id/xx/rest.debug``; older packages and hand-made splits use
 ``.gnu_debuglink`` (a base name plus the CRC32 of the debug file); dwz moves DWARF shared between
 files into a supplementary "alt" file named by ``.gnu_debugaltlink``. Hooks (debuginfod) are tried
-last, by build-id. Every candidate is verified (build-id or CRC) so a stale file is never used.
+last, by build-id; they also give the executable of a module whose own file is gone
+(`find_executable`). Every candidate is verified (build-id or CRC) so a stale file is never used.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from .elf import AltLink, ElfFormatError, ElfImage
 
 DEFAULT_DEBUG_ROOT = "/usr/lib/debug"
 
-#: ``hook(build_id, kind) -> path | None``; `kind` is "debuginfo" (debuginfod's name for it).
+#: ``hook(build_id, kind) -> path | None``; `kind` is "debuginfo" or "executable" (debuginfod's
+#: names).
 DebugHook = Callable[[str, str], "str | None"]
 
 
@@ -112,6 +114,15 @@ class DebugInfoLocator:
             if os.path.realpath(path) != own and os.path.isfile(path):
                 yield path
 
+    def find_executable(self, build_id: str) -> str | None:
+        """A file holding the code of build-id `build_id`, for a module whose own file is gone
+        (deleted, replaced by another build, or on another machine): asked of the hooks
+        (debuginfod's ``/executable``) and used only if its build-id is that one."""
+        for path in self._from_hooks(build_id, "executable"):
+            if _open_if(path, build_id) is not None:
+                return path
+        return None
+
     def _find_alt(self, debug: ElfImage) -> str | None:
         link: AltLink | None = debug.altlink
         if link is None:
@@ -124,10 +135,10 @@ class DebugInfoLocator:
                 return path
         return None
 
-    def _from_hooks(self, build_id: str) -> Iterator[str]:
+    def _from_hooks(self, build_id: str, kind: str = "debuginfo") -> Iterator[str]:
         for hook in self.hooks:
             try:
-                path = hook(build_id, "debuginfo")
+                path = hook(build_id, kind)
             except Exception:  # a failing plug-in (network, cache) must not stop symbolization
                 continue
             if path:

@@ -8,6 +8,12 @@ are keyed by. Anonymous memory (heap, stacks, JIT code) belongs to no module.
 Two kinds of mappings need a stand-in for the file: a deleted file is read through
 ``/proc/PID/map_files/START-END``, and the vdso, which has no file at all, is copied out of the
 process's memory into a private temporary file named by its contents.
+
+When the build-ids of the modules are known (a saved snapshot carries them), they are checked:
+a file that cannot be opened any more, or that now holds another build (a replay after an
+upgrade, or on another machine), is replaced by a file with the recorded build-id from
+`find_executable` (the locator: debuginfod's ``/executable``), so unwind tables and symbols
+come from the code that ran; without one the module keeps its range and build-id but no file.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .elf import ElfFormatError, ElfImage, LoadSegment
@@ -25,6 +31,9 @@ from .maps import MapEntry, ProcessMaps
 VDSO = "[vdso]"
 PF_X, PF_W = 0x1, 0x2
 
+#: ``find_executable(build_id) -> path | None``: a file with that build-id (checked by the caller).
+ExecutableFinder = Callable[[str], "str | None"]
+
 
 @dataclass(frozen=True, slots=True)
 class Module:
@@ -32,7 +41,8 @@ class Module:
 
     :param path: what is reported (the mapped path without `` (deleted)``, or ``[vdso]``).
     :param file: a readable path with the same contents (``/proc/PID/map_files/...`` for a
-        deleted file, a private copy for the vdso).
+        deleted file, a private copy for the vdso, a fetched executable for a file that is
+        gone); ``""`` when there is none.
     :param build_id: hex NT_GNU_BUILD_ID, None when the file has none or cannot be read.
     :param bias: ``abs_addr - elf_addr``; 0 for a non-PIE executable.
     :param start, end: the absolute range covered by the module's mappings.
@@ -86,22 +96,29 @@ class ModuleSet:
         self._starts = [m.start for m in self.modules]
 
     @classmethod
-    def from_maps(cls, maps: ProcessMaps, pid: int | None = None) -> ModuleSet:
+    def from_maps(cls, maps: ProcessMaps, pid: int | None = None,
+                  build_ids: Mapping[int, str] | None = None,
+                  find_executable: ExecutableFinder | None = None) -> ModuleSet:
         """Group `maps` into modules, reading each file's program headers for its bias.
 
         :param pid: the process, to read deleted files and the vdso through /proc; without it
             (or when that fails) a deleted file's module has no readable file and the vdso is
             taken from this process, which runs on the same kernel.
+        :param build_ids: module start → the build-id recorded when the maps were read; a file
+            (or vdso) with another build-id is not used for that module.
+        :param find_executable: where a module whose file is gone gets one by its build-id.
         """
+        known = build_ids or {}
         modules = []
         for group in _group_file_mappings(maps):
-            module = _file_module(group, pid)
+            module = _file_module(group, pid, known.get(group[0].start), find_executable)
             if module is not None:
                 modules.append(module)
         vdso = next((e for e in maps if e.path == VDSO), None)
         if vdso is not None:
             module = _vdso_module(vdso, pid)
-            if module is not None:
+            if module is not None and known.get(module.start, module.build_id) == \
+                    module.build_id:
                 modules.append(module)
         return cls(modules)
 
@@ -139,27 +156,56 @@ def _group_file_mappings(maps: ProcessMaps) -> list[list[MapEntry]]:
     return groups
 
 
-def _file_module(group: list[MapEntry], pid: int | None) -> Module | None:
+def _file_module(group: list[MapEntry], pid: int | None, build_id: str | None,
+                 find_executable: ExecutableFinder | None) -> Module | None:
     first = group[0]
     start, end = first.start, max(e.end for e in group)
     file = first.file_path
     if first.is_deleted:
         file = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}" if pid is not None else ""
     try:
-        image = ElfImage(file)
+        image: ElfImage | None = ElfImage(file)
     except ElfFormatError:
+        image = None
+    if build_id is not None and (image is None or image.build_id != build_id):
+        return _gone_module(group, build_id, find_executable)
+    if image is None:
         # Not ELF: a data file (locale archive, fonts) or JIT code in a memfd, not a module.
         # A deleted file we cannot open at all may still be code: keep its range so frames
-        # name it, assuming the usual layout where the mapping at offset 0 loads ELF address 0.
+        # name it.
         code = any("x" in e.perms for e in group) and not first.path.startswith("/memfd:")
         if not code or (bool(file) and os.access(file, os.R_OK)):
             return None
-        at_zero = next((e for e in group if e.offset == 0), first)
-        return Module(first.file_path, file, None, at_zero.start - at_zero.offset, start, end)
+        return Module(first.file_path, file, None, _usual_bias(group), start, end)
     bias = load_bias(image.load_segments, group)
     if bias is None:
         return None
     return Module(first.file_path, file, image.build_id, bias, start, end)
+
+
+def _usual_bias(group: list[MapEntry]) -> int:
+    """The bias of a file whose headers cannot be read, assuming the usual layout where the
+    mapping at offset 0 loads ELF address 0."""
+    at_zero = next((e for e in group if e.offset == 0), group[0])
+    return at_zero.start - at_zero.offset
+
+
+def _gone_module(group: list[MapEntry], build_id: str,
+                 find_executable: ExecutableFinder | None) -> Module:
+    """The module of a file that is gone (or holds another build now): backed by the file
+    `find_executable` gives for its build-id, else by none (its range and build-id remain)."""
+    first = group[0]
+    start, end = first.start, max(e.end for e in group)
+    found = find_executable(build_id) if find_executable is not None else None
+    if found is not None:
+        try:
+            image = ElfImage(found)
+        except ElfFormatError:
+            image = None
+        bias = None if image is None else load_bias(image.load_segments, group)
+        if image is not None and image.build_id == build_id and bias is not None:
+            return Module(first.file_path, found, build_id, bias, start, end)
+    return Module(first.file_path, "", build_id, _usual_bias(group), start, end)
 
 
 def _vdso_module(entry: MapEntry, pid: int | None) -> Module | None:

@@ -16,7 +16,7 @@ from symbolizer.frames import SymFrame
 from symbolizer.maps import ProcessMaps
 from symbolizer.module import Module, ModuleSet
 
-from . import debuginfod_cmd, render
+from . import debuginfod_cmd, render, stack_file
 from .errors import AttachDenied, ProcessGone, UbtError, UsageError
 from .probespec import parse_probe
 from .pipeline import Pipeline
@@ -26,6 +26,8 @@ from .trace import ThreadTrace
 EXAMPLES = """examples:
   ubt stack -p 1234                  backtrace of every thread of process 1234
   ubt stack -p 1234 --format json    one JSON object per thread
+  ubt stack -p 1234 --save s.jsonl   the same, and keep the snapshots
+  ubt stack --load s.jsonl           replay them later, elsewhere, the process long gone
   ubt symbolize -e /lib/x86_64-linux-gnu/libc.so.6 0x28000 0x9a1b3
   ubt symbolize -p 1234 0x7f3a1c2d4e5f
   nm -n prog | awk '{print $1}' | ubt symbolize -e prog
@@ -36,8 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ubt", description=__doc__.splitlines()[0],
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    st = sub.add_parser("stack", help="backtrace every thread of a live process")
-    st.add_argument("-p", "--pid", type=int, required=True)
+    st = sub.add_parser("stack", help="backtrace every thread of a live process (or of "
+                        "saved snapshots)")
+    target = st.add_mutually_exclusive_group(required=True)
+    target.add_argument("-p", "--pid", type=int)
+    target.add_argument("--load", metavar="FILE",
+                        help="replay the snapshots saved in FILE (no process needed)")
+    st.add_argument("--save", metavar="FILE",
+                    help="also save the snapshots (registers, stack, maps, build-ids) to FILE")
     st.add_argument("--format", choices=("text", "json"), default="text")
     pr = sub.add_parser("process", help="full backtrace at every hit of uprobes",
                         description="Attach uprobes to functions of BINARY (or of the libraries "
@@ -97,15 +105,24 @@ def cmd_process(args: argparse.Namespace) -> int:
         stack_size=args.stack_size))
 
 
-def cmd_stack(pid: int, fmt: str) -> int:
-    """Print the backtrace of every thread of `pid`."""
+def cmd_stack(pid: int | None, fmt: str, load: str | None = None,
+              save: str | None = None) -> int:
+    """Print the backtrace of every thread of `pid` (saving the snapshots to `save`), or of
+    every snapshot saved in `load`."""
     pipeline = Pipeline()
     out = render.thread_json if fmt == "json" else render.thread_text
-    for n, snap in enumerate(capture_process(pid)):
-        trace = ThreadTrace(snap.pid, snap.tid, snap.comm, pipeline.trace(snap))
-        if fmt == "text" and n:
-            print()
-        print(out(trace), flush=True)
+    with stack_file.Saver(save, pipeline) as saver:  # an unwritable FILE fails before capture
+        if load is not None:
+            snaps = stack_file.load(load)
+        else:
+            assert pid is not None  # argparse requires -p or --load
+            snaps = capture_process(pid)
+        for n, snap in enumerate(snaps):
+            saver.add(snap)
+            trace = ThreadTrace(snap.pid, snap.tid, snap.comm, pipeline.trace(snap))
+            if fmt == "text" and n:
+                print()
+            print(out(trace), flush=True)
     return 0
 
 
@@ -178,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command == "stack":
-            return cmd_stack(args.pid, args.format)
+            return cmd_stack(args.pid, args.format, args.load, args.save)
         if args.command == "process":
             return cmd_process(args)
         if args.command == "debuginfod":

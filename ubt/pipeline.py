@@ -37,10 +37,13 @@ class Pipeline:
         self._stacks: LRU[tuple[object, ...], tuple[ModuleSet, tuple[Frame, ...]]] = LRU(4096)
 
     def modules(self, snap: Snapshot) -> ModuleSet:
-        """The modules of the snapshot's process, parsed once per distinct memory map."""
+        """The modules of the snapshot's process, parsed once per distinct memory map. A module
+        whose recorded build-id no local file has gets its file from the locator (debuginfod's
+        executable), so its unwind table and symbols come from the code that ran."""
         modules: ModuleSet | None = self._module_sets.get(snap.maps_text)
         if modules is None:
-            modules = ModuleSet.from_maps(snap.maps, snap.pid)
+            modules = ModuleSet.from_maps(snap.maps, snap.pid, snap.build_ids,
+                                          self.symbolizer.locator.find_executable)
             self._module_sets[snap.maps_text] = modules
         return modules
 

@@ -4,13 +4,16 @@ A `Snapshot` is one thread at one instant: its registers, the bytes of its user 
 stack pointer upward (as far as they were copied), and the process's memory map at that moment.
 `ubt stack` builds it with ptrace; `ubt process` builds it from a BPF ring-buffer record. Both
 then go through the same unwind → symbolize pipeline, which needs nothing else, so a snapshot can
-be saved and replayed offline.
+be saved and replayed offline (`ubt stack --save` / `--load`). A saved snapshot also records the
+build-id of each module, so a replay uses the very code that ran: a file that is gone or was
+replaced by another build is fetched by build-id instead (see `symbolizer.module`).
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from symbolizer.maps import ProcessMaps
@@ -26,6 +29,8 @@ class Snapshot:
         memory fault, which the unwinder reports as a truncated stack.
     :param maps_text: the text of /proc/PID/maps when the snapshot was taken.
     :param time_ns: CLOCK_MONOTONIC (ptrace path) or BPF ktime of the capture.
+    :param build_ids: start of each module's mappings → its build-id, when recorded (saved
+        snapshots); empty: the files named by the maps are trusted.
     """
 
     pid: int
@@ -35,6 +40,7 @@ class Snapshot:
     stack: StackBytes
     maps_text: str
     time_ns: int
+    build_ids: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def maps(self) -> ProcessMaps:
@@ -49,13 +55,25 @@ class Snapshot:
             "stack_base": self.stack.base,
             "stack": base64.b64encode(self.stack.data).decode(),
             "maps": self.maps_text, "time_ns": self.time_ns,
+            "build_ids": {f"{k:x}": v for k, v in self.build_ids.items()},
         })
 
     @classmethod
     def from_json(cls, text: str) -> Snapshot:
-        """Rebuild a snapshot saved by `to_json`."""
-        d: dict[str, Any] = json.loads(text)
-        return cls(pid=d["pid"], tid=d["tid"], comm=d["comm"],
-                   regs={int(k): int(v) for k, v in d["regs"].items()},
-                   stack=StackBytes(d["stack_base"], base64.b64decode(d["stack"])),
-                   maps_text=d["maps"], time_ns=d["time_ns"])
+        """Rebuild a snapshot saved by `to_json`.
+
+        :raises ValueError: not a saved snapshot (the message says what is wrong).
+        """
+        try:
+            d: dict[str, Any] = json.loads(text)
+            return cls(pid=int(d["pid"]), tid=int(d["tid"]), comm=str(d["comm"]),
+                       regs={int(k): int(v) for k, v in d["regs"].items()},
+                       stack=StackBytes(int(d["stack_base"]),
+                                        base64.b64decode(d["stack"], validate=True)),
+                       maps_text=str(d["maps"]), time_ns=int(d["time_ns"]),
+                       build_ids={int(k, 16): str(v)
+                                  for k, v in d.get("build_ids", {}).items()})
+        except KeyError as e:
+            raise ValueError(f"no {e.args[0]!r} field") from None
+        except (TypeError, AttributeError, binascii.Error) as e:
+            raise ValueError(str(e) or type(e).__name__) from None

@@ -6,6 +6,8 @@
 - `FaultServer` / `start_fault_server`: our own HTTP server whose first path component picks a
   fault (``/slow``, ``/e500``, ``/missing``, ``/truncated``, ``/trickle``, ``/big``,
   ``/bignolen``; anything else serves the payload, recording the request headers);
+- `ConnectionCounter`: a listening socket that counts the connections made to it (and closes
+  them): the proof that a run made no network attempt;
 - `env_for(urls, cache)`: the environment for a `ubt` or `debuginfod-find` subprocess.
 """
 from __future__ import annotations
@@ -89,6 +91,35 @@ class DebuginfodServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class ConnectionCounter:
+    """Accepts and at once closes connections on 127.0.0.1:`port` (a free one if 0)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
+        self._sock.listen(16)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self._sock.close()
 
 
 def env_for(urls: str | None, cache: Path, **extra: str) -> dict[str, str]:

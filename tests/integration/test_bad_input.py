@@ -192,6 +192,36 @@ def test_threads_come_and_go(ubt: Any, needs_root: None, spawn_blocked: Any) -> 
         proc.wait()
 
 
+# ---- saved snapshots ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [None, "", "not json\n", "[1, 2]\n", '{"pid": 1}\n',
+                                     '{"pid": 1, "tid": 1, "comm": "x", "regs": {}, '
+                                     '"stack_base": 0, "stack": "!!", "maps": "", '
+                                     '"time_ns": 0}\n'])
+def test_load_bad_snapshot_file(content: str | None, ubt: Any, tmp_path: Path) -> None:
+    path = tmp_path / "stack.jsonl"
+    if content is not None:
+        path.write_text(content)
+    line = assert_clean_failure(ubt.run("stack", "--load", str(path)), f"--load {content!r}")
+    assert str(path) in line
+
+
+def test_save_to_unwritable_path(ubt: Any, tmp_path: Path) -> None:
+    """The file is opened first: the error is about it, not about the (absent) process."""
+    line = assert_clean_failure(
+        ubt.run("stack", "-p", str(free_pid()), "--save", str(tmp_path / "no" / "file")),
+        "--save into a missing directory")
+    assert "No such file or directory" in line
+
+
+@pytest.mark.needs_root
+def test_save_to_a_full_disk(ubt: Any, needs_root: None, spawn_blocked: Any) -> None:
+    bp = spawn_blocked(["sleep", "100"], ready=None)
+    line = assert_clean_failure(ubt.run("stack", "-p", str(bp.pid), "--save", "/dev/full"),
+                                "--save /dev/full")
+    assert "No space left on device" in line
+
+
 # ---- symbolize ----------------------------------------------------------------------------------
 
 @pytest.mark.needs_root

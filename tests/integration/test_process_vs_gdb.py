@@ -117,10 +117,11 @@ def hit_label(hit: dict[str, Any]) -> str:
     return f"{hit['probe']} tid {hit['tid']} ({hit['comm']}) at {where}"
 
 
-def compare_runs(hits: list[dict[str, Any]], run: GdbRun, pairs: Sequence[tuple[int, int]]
-                 ) -> tuple[list[str], list[str]]:
+def compare_runs(hits: list[dict[str, Any]], run: GdbRun, pairs: Sequence[tuple[int, int]],
+                 debug_dirs: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """Compare ubt hit i with gdb stop j for each (i, j); (problems, notes). Stacks are
-    compared by module-relative address; each distinct (ubt stack, gdb stack) pair once."""
+    compared by module-relative address; each distinct (ubt stack, gdb stack) pair once.
+    `debug_dirs`: the debug-file directories gdb was given (for eu-addr2line too)."""
     problems: list[str] = []
     notes: list[str] = []
     seen: dict[str, list[str]] = {}
@@ -141,7 +142,7 @@ def compare_runs(hits: list[dict[str, Any]], run: GdbRun, pairs: Sequence[tuple[
                           ru["stop_reason"], [repr(f) for f in rg.frames], rg.stop])
         if key not in seen:
             local_notes: list[str] = []
-            seen[key] = compare_thread(ru, rg, local_notes)
+            seen[key] = compare_thread(ru, rg, local_notes, debug_dirs)
             notes.extend(n for n in local_notes if n not in notes)
         diffs = head + seen[key]
         if diffs:
@@ -172,8 +173,8 @@ def trim_gdb_guesswork(u: dict[str, Any], g: GdbThread) -> tuple[GdbThread, str 
 
 
 def assert_same(hits: list[dict[str, Any]], run: GdbRun, pairs: Sequence[tuple[int, int]],
-                what: str) -> None:
-    problems, notes = compare_runs(hits, run, pairs)
+                what: str, debug_dirs: Sequence[str] = ()) -> None:
+    problems, notes = compare_runs(hits, run, pairs, debug_dirs)
     if notes:
         print(f"{what}: accepted equivalences: " + "; ".join(notes))
     assert not problems, f"ubt process != gdb for {what}:\n" + "\n\n".join(problems)

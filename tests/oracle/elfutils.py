@@ -75,10 +75,14 @@ def parse_eu_addr2line(text: str) -> list[Chain]:
     return chains
 
 
-def eu_addr2line(elf: str, addresses: Sequence[int]) -> list[Chain]:
+def eu_addr2line(elf: str, addresses: Sequence[int],
+                 debug_dirs: Sequence[str] = ()) -> list[Chain]:
     """``eu-addr2line -a -f -i -C -e ELF`` over all addresses in one run (stdin); -C
-    demangles C++ names (``fx::Worker::run(int)``), as ubt and gdb print them."""
-    proc = subprocess.run(["eu-addr2line", "-a", "-f", "-i", "-C", "-e", elf],
+    demangles C++ names (``fx::Worker::run(int)``), as ubt and gdb print them. `debug_dirs`
+    are searched for debug files by build-id before ``/usr/lib/debug``."""
+    path = ["--debuginfo-path=" + ":".join(["+", ".debug", *debug_dirs, "/usr/lib/debug"])] \
+        if debug_dirs else []
+    proc = subprocess.run(["eu-addr2line", *path, "-a", "-f", "-i", "-C", "-e", elf],
                           input="".join(f"{a:#x}\n" for a in addresses),
                           capture_output=True, text=True, timeout=TIMEOUT, check=True)
     chains = parse_eu_addr2line(proc.stdout)

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,19 @@ def module_of(maps: list[tuple[int, int, str]], pc: int) -> str | None:
     return None
 
 
-def gdb_backtrace(pid: int, timeout: float = GDB_TIMEOUT) -> dict[int, GdbThread]:
+def debug_dir_options(debug_dirs: Sequence[str]) -> list[str]:
+    """gdb options searching `debug_dirs` (``DIR/.build-id/xx/rest.debug``) before
+    ``/usr/lib/debug``; none when `debug_dirs` is empty (gdb's default stays)."""
+    if not debug_dirs:
+        return []
+    return ["-iex", "set debug-file-directory " + ":".join([*debug_dirs, "/usr/lib/debug"])]
+
+
+def gdb_backtrace(pid: int, timeout: float = GDB_TIMEOUT,
+                  debug_dirs: Sequence[str] = ()) -> dict[int, GdbThread]:
     """Attach gdb to `pid`, walk every thread, detach; {tid: GdbThread}.
 
+    :param debug_dirs: extra debug-file directories (see `debug_dir_options`).
     :raises GdbError: gdb failed or wrote no JSON (its stderr is in the message).
     """
     maps = read_maps(pid)
@@ -102,7 +113,7 @@ def gdb_backtrace(pid: int, timeout: float = GDB_TIMEOUT) -> dict[int, GdbThread
         env.pop("DEBUGINFOD_URLS", None)
         cmd = ["gdb", "-nx", "-batch", "-iex", "set debuginfod enabled off",
                "-iex", "set pagination off", "-iex", "set auto-load safe-path /",
-               "-p", str(pid), "-x", str(SCRIPT)]
+               *debug_dir_options(debug_dirs), "-p", str(pid), "-x", str(SCRIPT)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                               stdin=subprocess.DEVNULL)
         try:

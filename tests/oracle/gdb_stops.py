@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from elftools.elf.elffile import ELFFile
 
-from .gdb import GdbError, GdbFrame, GdbThread
+from .gdb import GdbError, GdbFrame, GdbThread, debug_dir_options
 
 SCRIPT = Path(__file__).with_name("gdb_breaks.py")
 GDB_TIMEOUT = 120.0
@@ -106,10 +106,12 @@ def _biases(maps: list[tuple[int, int, int, str]]) -> dict[str, int]:
 
 def gdb_stops(argv: Sequence[str], breaks: Sequence[Break], max_stops: int,
               timeout: float = GDB_TIMEOUT, env: dict[str, str] | None = None,
-              cwd: str | None = None, stdout: str | None = "/dev/null") -> GdbRun:
+              cwd: str | None = None, stdout: str | None = "/dev/null",
+              debug_dirs: Sequence[str] = ()) -> GdbRun:
     """Run ``argv`` under gdb (started through /bin/sh, like ``ubt process -c``) with a
     breakpoint at each of `breaks`; the first `max_stops` stops, then the program is killed.
-    The program's stdout goes to `stdout` (``ubt process -c 'CMD >/dev/null'`` is the match).
+    The program's stdout goes to `stdout` (``ubt process -c 'CMD >/dev/null'`` is the match);
+    `debug_dirs` are searched for debug files by build-id before ``/usr/lib/debug``.
 
     :raises GdbError: gdb failed or wrote nothing (its stderr is in the message).
     """
@@ -126,7 +128,8 @@ def gdb_stops(argv: Sequence[str], breaks: Sequence[Break], max_stops: int,
         run_env.pop("DEBUGINFOD_URLS", None)
         cmd = ["gdb", "-nx", "-batch", "-iex", "set debuginfod enabled off",
                "-iex", "set pagination off", "-iex", "set auto-load safe-path /",
-               "-iex", "set startup-with-shell on", "-x", str(SCRIPT), argv[0]]
+               "-iex", "set startup-with-shell on", *debug_dir_options(debug_dirs),
+               "-x", str(SCRIPT), argv[0]]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=run_env,
                               stdin=subprocess.DEVNULL, cwd=cwd)
         try:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .elfutils import OracleFrame, eu_addr2line, symbols_of
@@ -80,16 +81,18 @@ def _norm(path: str | None) -> str | None:
 
 class SecondOpinion:
     """eu-addr2line at a frame's lookup address (``offset``, or ``offset - 1`` for a return
-    address), asked only where ubt and gdb disagree; results cached per (module, address)."""
+    address), asked only where ubt and gdb disagree; results cached per (module, address).
+    `debug_dirs`: where else eu-addr2line finds debug files by build-id."""
 
-    def __init__(self) -> None:
+    def __init__(self, debug_dirs: Sequence[str] = ()) -> None:
         self._cache: dict[tuple[str, int], tuple[OracleFrame, ...]] = {}
+        self._debug_dirs = debug_dirs
 
     def chain(self, module: str, elf_addr: int) -> tuple[OracleFrame, ...]:
         key = (module, elf_addr)
         if key not in self._cache:
             try:
-                self._cache[key] = eu_addr2line(module, [elf_addr])[0]
+                self._cache[key] = eu_addr2line(module, [elf_addr], self._debug_dirs)[0]
             except Exception:  # noqa: BLE001 - no second opinion, the difference stands
                 self._cache[key] = ()
         return self._cache[key]
@@ -173,8 +176,9 @@ def _eu_frames_for(frames: list[dict[str, Any]], gdb_frames: list[GdbFrame],
 
 
 def compare_thread(ubt_thread: dict[str, Any], g: GdbThread,
-                   notes: list[str] | None = None) -> list[str]:
+                   notes: list[str] | None = None, debug_dirs: Sequence[str] = ()) -> list[str]:
     """All differences of one thread, each line naming the frame numbers; [] when equal.
+    `debug_dirs`: debug-file directories of the run, for eu-addr2line's second opinions.
 
     gdb's TAILCALL frames are set aside first (listed in `notes`). Frames are then aligned on
     (pc, inlined), so one missing or extra frame is reported as such rather than as a shift of
@@ -190,7 +194,7 @@ def compare_thread(ubt_thread: dict[str, Any], g: GdbThread,
     keys_u = [(f["pc"], bool(f.get("inlined"))) for f in frames]
     keys_g = [(f.pc, f.is_inline) for f in gframes]
     matcher = difflib.SequenceMatcher(None, keys_u, keys_g, autojunk=False)
-    second = SecondOpinion()
+    second = SecondOpinion(debug_dirs)
     for op, u0, u1, g0, g1 in matcher.get_opcodes():
         if op == "equal" or (op == "replace" and u1 - u0 == g1 - g0):
             pairs = list(zip(range(u0, u1), range(g0, g1)))
@@ -227,13 +231,13 @@ def side_by_side(ubt_thread: dict[str, Any], g: GdbThread) -> str:
 
 
 def compare_process(ubt_threads: dict[int, dict[str, Any]], gdb_threads: dict[int, GdbThread],
-                    notes: list[str] | None = None) -> list[str]:
+                    notes: list[str] | None = None, debug_dirs: Sequence[str] = ()) -> list[str]:
     """Every difference over all threads (matched by tid), with side-by-side listings."""
     out = []
     if set(ubt_threads) != set(gdb_threads):
         out.append(f"threads differ: ubt {sorted(ubt_threads)} gdb {sorted(gdb_threads)}")
     for tid in sorted(set(ubt_threads) & set(gdb_threads)):
-        problems = compare_thread(ubt_threads[tid], gdb_threads[tid], notes)
+        problems = compare_thread(ubt_threads[tid], gdb_threads[tid], notes, debug_dirs)
         if problems:
             shown = problems[:MAX_LISTED] + ([f"... {len(problems) - MAX_LISTED} more"]
                                              if len(problems) > MAX_LISTED else [])
