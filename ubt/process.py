@@ -154,10 +154,20 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
     counts: Counter[str] = Counter()
     examples: dict[str, Hit] = {}
     deadline = time.monotonic() + opts.duration if opts.duration else None
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The first Ctrl-C only sets a flag, checked between hits: a hit is printed and counted
+    # whole or not at all (a KeyboardInterrupt could land between the two). A second one, in
+    # case a walk takes long (a first DWARF index build), interrupts at once.
+    interrupted = threading.Event()
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        interrupted.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     drain.start()
     try:
-        while opts.max_hits is None or stats.hits < opts.max_hits:
+        while not interrupted.is_set() and (opts.max_hits is None
+                                            or stats.hits < opts.max_hits):
             timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 raws = records.get(timeout=min(timeout, 0.2))
@@ -168,11 +178,12 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
             if raws is None:
                 break  # the drain ended: the command exited and the buffer is empty
             for raw in raws:
-                if opts.max_hits is not None and stats.hits >= opts.max_hits:
+                if interrupted.is_set() or (opts.max_hits is not None
+                                            and stats.hits >= opts.max_hits):
                     break
                 _walk(raw, opts, capture, tracker, pipeline, stats, counts, examples, out)
     except KeyboardInterrupt:
-        pass
+        pass  # the second Ctrl-C
     finally:
         stop.set()
         drain.join(timeout=5)  # before the ring buffer is freed under its poll
