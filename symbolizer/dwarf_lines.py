@@ -28,6 +28,13 @@ LNS_NEGATE_STMT, LNS_SET_BASIC_BLOCK, LNS_CONST_ADD_PC, LNS_FIXED_ADVANCE_PC = 6
 LNE_END_SEQUENCE, LNE_SET_ADDRESS = 1, 2
 
 
+def tail_match(path: str, other: str) -> bool:
+    """perf's ``strtailcmp``: the shorter of two file names is a tail of the longer one (so
+    ``ls.c`` and ``src/ls.c`` both name ``/build/coreutils/src/ls.c``)."""
+    n = min(len(path), len(other))
+    return n > 0 and path[-n:] == other[-n:]
+
+
 @dataclass(frozen=True, slots=True)
 class LineTable:
     """One unit's line rows as parallel columns sorted by address.

@@ -24,7 +24,7 @@ import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from symbolizer.dwarf_lines import NO_FILE, LineRows
+from symbolizer.dwarf_lines import NO_FILE, LineRows, tail_match
 from symbolizer.dwarf_locations import Location
 from symbolizer.dwarf_scopes import Scope, ScopeKind, Variable
 
@@ -52,12 +52,6 @@ class StatementPoint:
     addresses: tuple[int, ...]
     variables: tuple[Variable, ...]
     frame_base: Location | None
-
-
-def tail_match(path: str, other: str) -> bool:
-    """perf's ``strtailcmp``: the shorter path is a tail of the longer one."""
-    n = min(len(path), len(other))
-    return n > 0 and path[-n:] == other[-n:] or path == other
 
 
 def variables_at(chain: tuple[Scope, ...], elf_addr: int) -> tuple[Variable, ...]:
