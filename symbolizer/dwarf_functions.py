@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import marshal
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from symbolizer.dwarf_aranges import CuMap
@@ -57,10 +57,11 @@ class FunctionFinder:
         self._names: dict[str, tuple[int, ...]] | None = None
         self._scans: dict[int, UnitScan] = {}
 
-    def find(self, pattern: str, hint_addrs: Iterable[int] = ()) -> list[FunctionDef]:
+    def find(self, pattern: str, hint_addrs: Sequence[int] = ()) -> list[FunctionDef]:
         """Definitions whose name matches `pattern` (a name or an fnmatch glob), one per name
         and unit, in unit order. `hint_addrs` (ELF addresses of matching symbols) name the units
-        to read first; the name index is used only when they give nothing, or for a glob."""
+        to read first; the name index is used only when they give nothing, or for a glob. A
+        name that is only an alias symbol gives the function whose code the symbol starts."""
         is_glob = any(c in pattern for c in "*?[")
         match: Callable[[str], bool] = (lambda n: fnmatch.fnmatchcase(n, pattern)) if is_glob \
             else (lambda n: n == pattern)
@@ -70,6 +71,9 @@ class FunctionFinder:
             if unit is not None and unit not in units:
                 units.append(unit)
         found = [d for u in units for d in self._defs_in(u, match)]
+        if not found and not is_glob:       # an alias symbol (opendir for __opendir)
+            found = [d for u in units for d in self._defs_in(u, lambda n: True)
+                     if any(s <= a < e for s, e in d.definition.ranges for a in hint_addrs)]
         if found and not is_glob:
             return found
         seen = set(units)

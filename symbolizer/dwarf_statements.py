@@ -41,6 +41,7 @@ class StatementPoint:
     :param address: the first (lowest) ELF address of the line in the function; `addresses`
         all of them.
     :param variables: available at `address`, innermost scope first.
+    :param unavailable: in scope at `address` but without a location there (optimized out).
     :param frame_base: ``DW_AT_frame_base`` of the subprogram holding the code (for
         ``DW_OP_fbreg`` locations).
     """
@@ -51,21 +52,25 @@ class StatementPoint:
     address: int
     addresses: tuple[int, ...]
     variables: tuple[Variable, ...]
+    unavailable: tuple[Variable, ...]
     frame_base: Location | None
 
 
-def variables_at(chain: tuple[Scope, ...], elf_addr: int) -> tuple[Variable, ...]:
-    """Variables of the scopes of `chain` (outermost first) available at `elf_addr`, innermost
-    scope first; a name declared in an inner scope hides outer ones."""
+def variables_at(chain: tuple[Scope, ...], elf_addr: int,
+                 ) -> tuple[tuple[Variable, ...], tuple[Variable, ...]]:
+    """(available, unavailable): the variables in scope at `elf_addr` in the scopes of `chain`
+    (outermost first), innermost scope first, split by whether they have a location (or a
+    constant value) there. A name declared in an inner scope hides outer ones, even when the
+    inner one has no location."""
     seen: set[str] = set()
-    out: list[Variable] = []
+    available: list[Variable] = []
+    unavailable: list[Variable] = []
     for scope in reversed(chain):
         for var in scope.variables:
             if var.name not in seen:
                 seen.add(var.name)
-                if var.available_at(elf_addr):
-                    out.append(var)
-    return tuple(out)
+                (available if var.available_at(elf_addr) else unavailable).append(var)
+    return tuple(available), tuple(unavailable)
 
 
 class LineChooser:
@@ -99,7 +104,7 @@ class LineChooser:
             instance, holder = addrs[address]
             points.append(StatementPoint(
                 name, decl_file, line, address, tuple(sorted(addrs)),
-                variables_at(instance.chain_at(address), address), holder.frame_base))
+                *variables_at(instance.chain_at(address), address), holder.frame_base))
         return points
 
     def _candidates(self, instance: Scope) -> list[tuple[str, int, int]]:

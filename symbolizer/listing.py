@@ -13,7 +13,7 @@ dwarf_statements`). Only the units holding the functions asked for are decoded:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from symbolizer.dwarf_aranges import build_cu_map
@@ -76,7 +76,7 @@ class Lister:
         """Every function name the debug file defines or inlines (for "did you mean")."""
         return sorted(self._finder.name_index())
 
-    def functions(self, pattern: str, hint_addrs: Iterable[int] = ()) -> list[FunctionPoint]:
+    def functions(self, pattern: str, hint_addrs: Sequence[int] = ()) -> list[FunctionPoint]:
         """The functions matching `pattern`, with their parameters."""
         out = []
         for fdef in self._finder.find(pattern, hint_addrs):
@@ -88,7 +88,7 @@ class Lister:
                 tuple(v for v in scope.variables if v.is_parameter)))
         return out
 
-    def statements(self, pattern: str, hint_addrs: Iterable[int] = ()) -> list[StatementPoint]:
+    def statements(self, pattern: str, hint_addrs: Sequence[int] = ()) -> list[StatementPoint]:
         """The probe-able lines of the functions matching `pattern`, in function then line
         order."""
         return [p for fdef in self._finder.find(pattern, hint_addrs)
