@@ -35,8 +35,8 @@ class FunctionPoint:
     """A function that can be probed by name.
 
     :param file, line: its declaration; None when DWARF does not say.
-    :param entry: ELF address of its first instance's entry, None for an inline function
-        whose instances are all inlined copies... with no code of its own.
+    :param entry: ELF address where its first instance (its own code, or the first inlined
+        copy of an inline function) is entered; None when it has no instance with code.
     :param parameters: in declaration order, with their types.
     """
 
