@@ -124,7 +124,7 @@ def _scan(dfile: DwarfFile, unit: UnitHeader) -> UnitScan:
         child_scope = _SKIP
         tag = ab.tag
         if tag == TAG_SUBPROGRAM or (tag == TAG_INLINED_SUBROUTINE and scope >= 0):
-            ranges = _die_ranges(dfile, unit, root, ab, vals)
+            ranges = die_ranges(dfile, unit, root, ab, vals)
             if ranges:
                 child_scope = len(scopes)
                 scopes.append(_scope_die(dfile, unit, root, ab, vals, die_offset,
@@ -180,7 +180,7 @@ def _skip_attrs(data: bytes, pos: int, attrs: tuple[AttrSpec, ...], unit: UnitHe
     return pos
 
 
-def _die_ranges(dfile: DwarfFile, unit: UnitHeader, root: UnitRoot, ab: Abbrev,
+def die_ranges(dfile: DwarfFile, unit: UnitHeader, root: UnitRoot, ab: Abbrev,
                 vals: list[int | str | None]) -> tuple[tuple[int, int], ...]:
     """The DIE's code ranges; () for declarations, abstract instances and discarded code."""
     if vals[SLOT_DECLARATION]:

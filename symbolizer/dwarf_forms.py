@@ -61,7 +61,7 @@ R_BLOCK2, R_BLOCK4, R_BLOCK, R_INDIRECT = -5, -6, -7, -8
 
 # What a decoded value means, beyond its bytes.
 V_INT, V_REF_UNIT, V_REF_INFO, V_REF_ALT, V_STR_INLINE, V_STRP, V_LINE_STRP = 0, 1, 2, 3, 4, 5, 6
-V_STRX, V_STRP_ALT, V_ADDRX, V_RNGLISTX, V_SIGNED, V_OTHER = 7, 8, 9, 10, 11, 12
+V_STRX, V_STRP_ALT, V_ADDRX, V_RNGLISTX, V_SIGNED, V_OTHER, V_LOCLISTX = 7, 8, 9, 10, 11, 12, 13
 
 _OFFSET_FORMS = frozenset((FORM_STRP, FORM_SEC_OFFSET, FORM_LINE_STRP, FORM_STRP_SUP,
                            FORM_GNU_REF_ALT, FORM_GNU_STRP_ALT))
@@ -87,7 +87,8 @@ _MEANING = {
     FORM_STRX2: V_STRX, FORM_STRX3: V_STRX, FORM_STRX4: V_STRX, FORM_GNU_STR_INDEX: V_STRX,
     FORM_GNU_STRP_ALT: V_STRP_ALT, FORM_STRP_SUP: V_STRP_ALT, FORM_ADDRX: V_ADDRX,
     FORM_ADDRX1: V_ADDRX, FORM_ADDRX2: V_ADDRX, FORM_ADDRX3: V_ADDRX, FORM_ADDRX4: V_ADDRX,
-    FORM_GNU_ADDR_INDEX: V_ADDRX, FORM_RNGLISTX: V_RNGLISTX, FORM_SDATA: V_SIGNED,
+    FORM_GNU_ADDR_INDEX: V_ADDRX, FORM_RNGLISTX: V_RNGLISTX, FORM_LOCLISTX: V_LOCLISTX,
+    FORM_SDATA: V_SIGNED,
     FORM_FLAG_PRESENT: V_INT, FORM_IMPLICIT_CONST: V_INT, FORM_DATA16: V_OTHER,
     FORM_BLOCK1: V_OTHER, FORM_BLOCK2: V_OTHER, FORM_BLOCK4: V_OTHER, FORM_BLOCK: V_OTHER,
     FORM_EXPRLOC: V_OTHER, FORM_REF_SIG8: V_OTHER,
@@ -122,6 +123,8 @@ class Abbrev:
         every attribute before it is fixed-size, else -1.
     :param meanings: the ``V_*`` code of the attribute in each slot (-1 for empty slots), so a
         decoded raw value can be interpreted later (string offsets, address indexes...).
+    :param codes: the ``DW_AT_*`` code of each of `attrs`, for readers that decode every
+        attribute (`symbolizer.dwarf_attrs`).
     """
 
     tag: int
@@ -132,6 +135,7 @@ class Abbrev:
     sibling_size: int
     attrs: tuple[AttrSpec, ...]
     meanings: tuple[int, ...]
+    codes: tuple[int, ...]
 
 
 def form_reader(form: int, addr_size: int, offset_size: int, version: int) -> int:
@@ -216,6 +220,7 @@ def _decl(raw: bytes, addr_size: int, offset_size: int, version: int) -> Abbrev:
     has_children = raw[pos] != 0
     pos += 1
     specs: list[AttrSpec] = []
+    codes: list[int] = []
     while True:
         attr, pos = read_uleb(raw, pos)
         form, pos = read_uleb(raw, pos)
@@ -225,8 +230,9 @@ def _decl(raw: bytes, addr_size: int, offset_size: int, version: int) -> Abbrev:
         elif form == FORM_FLAG_PRESENT:
             const = 1
         if attr == 0 and form == 0:
-            return _abbrev(tag, has_children, specs)
+            return _abbrev(tag, has_children, specs, tuple(codes))
         specs.append(_spec(attr, form, const, addr_size, offset_size, version))
+        codes.append(attr)
 
 
 def _spec(attr: int, form: int, const: int, addr_size: int, offset_size: int,
@@ -238,7 +244,8 @@ def _spec(attr: int, form: int, const: int, addr_size: int, offset_size: int,
                     const)
 
 
-def _abbrev(tag: int, has_children: bool, specs: list[AttrSpec]) -> Abbrev:
+def _abbrev(tag: int, has_children: bool, specs: list[AttrSpec],
+            codes: tuple[int, ...]) -> Abbrev:
     skip = 0
     sibling_at = sibling_size = -1
     for spec in specs:
@@ -255,4 +262,4 @@ def _abbrev(tag: int, has_children: bool, specs: list[AttrSpec]) -> Abbrev:
             meanings[spec.slot] = spec.meaning
     wanted = any(spec.slot >= 0 for spec in specs)
     return Abbrev(tag, has_children, skip, wanted, sibling_at, sibling_size, tuple(specs),
-                  tuple(meanings))
+                  tuple(meanings), codes)

@@ -5,6 +5,8 @@ runs the whole program once and keeps one row per distinct address: parallel `ar
 address, file index, line and column, the sequences sorted by address, each sequence closed by an
 end row (file `NO_FILE`). A lookup is then one bisect. File names are joined with their include
 directory and the unit's ``comp_dir`` the way libdw (and so ``eu-addr2line``) joins them.
+`read_line_rows` keeps every row and its ``is_stmt`` flag instead: the statement listing needs
+all the lines that share an address, in program order, as libdw's ``dwarf_getsrclines`` has them.
 """
 from __future__ import annotations
 
@@ -24,6 +26,13 @@ LNCT_PATH, LNCT_DIRECTORY_INDEX = 1, 2
 LNS_COPY, LNS_ADVANCE_PC, LNS_ADVANCE_LINE, LNS_SET_FILE, LNS_SET_COLUMN = 1, 2, 3, 4, 5
 LNS_NEGATE_STMT, LNS_SET_BASIC_BLOCK, LNS_CONST_ADD_PC, LNS_FIXED_ADVANCE_PC = 6, 7, 8, 9
 LNE_END_SEQUENCE, LNE_SET_ADDRESS = 1, 2
+
+
+def tail_match(path: str, other: str) -> bool:
+    """perf's ``strtailcmp``: the shorter of two file names is a tail of the longer one (so
+    ``ls.c`` and ``src/ls.c`` both name ``/build/coreutils/src/ls.c``)."""
+    n = min(len(path), len(other))
+    return n > 0 and path[-n:] == other[-n:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,21 @@ class LineTable:
 
 
 @dataclass(frozen=True, slots=True)
+class LineRows:
+    """Every row of one unit's line program, sorted by address (program order among rows at the
+    same address), each sequence closed by an end row (file `NO_FILE`).
+
+    :param is_stmt: 1 where the row begins a statement (``DW_LNS_negate_stmt`` state).
+    """
+
+    addrs: array[int]
+    file_idx: array[int]
+    lines: array[int]
+    is_stmt: array[int]
+    files: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Header:
     program: int
     end: int
@@ -60,6 +84,7 @@ class _Header:
     opcode_base: int
     opcode_lengths: bytes
     files: tuple[str | None, ...]
+    default_is_stmt: bool
 
 
 def read_file_table(sections: DwarfSections, offset: int, comp_dir: str | None,
@@ -72,29 +97,45 @@ def read_line_table(sections: DwarfSections, offset: int, comp_dir: str | None,
                     cu_name: str | None) -> LineTable:
     """Decode the line program at `offset`; DwarfError when it is truncated or malformed."""
     hdr = _header(sections, offset, comp_dir, cu_name)
+    addrs, files, lines, cols = _columns(sections, offset, hdr, False)
+    return LineTable(addrs, files, lines, cols, hdr.files)
+
+
+def read_line_rows(sections: DwarfSections, offset: int, comp_dir: str | None,
+                   cu_name: str | None) -> LineRows:
+    """Decode the line program at `offset` keeping every row; DwarfError when it is malformed."""
+    hdr = _header(sections, offset, comp_dir, cu_name)
+    addrs, files, lines, stmts = _columns(sections, offset, hdr, True)
+    return LineRows(addrs, files, lines, stmts, hdr.files)
+
+
+def _columns(sections: DwarfSections, offset: int, hdr: _Header,
+             all_rows: bool) -> tuple[array[int], array[int], array[int], array[int]]:
+    """Address, file, line and column (or is_stmt with `all_rows`) columns, sequences sorted."""
     try:
-        seqs = _run(sections.line, hdr)
+        seqs = _run(sections.line, hdr, all_rows)
     except IndexError:
         raise DwarfError(f"{sections.path}: line program at 0x{offset:x} is truncated") from None
     seqs.sort(key=lambda s: s[0][0] if s[0] else 0)
     addrs: array[int] = array("Q")
     files: array[int] = array("I")
     lines: array[int] = array("I")
-    cols: array[int] = array("I")
+    last: array[int] = array("I")
     for a, f, ln, c in seqs:
         addrs.extend(a)
         files.extend(f)
         lines.extend(ln)
-        cols.extend(c)
-    return LineTable(addrs, files, lines, cols, hdr.files)
+        last.extend(c)
+    return addrs, files, lines, last
 
 
 _Seq = tuple[list[int], list[int], list[int], list[int]]
 
 
-def _run(data: bytes, hdr: _Header) -> list[_Seq]:
+def _run(data: bytes, hdr: _Header, all_rows: bool) -> list[_Seq]:
     """Run the state machine; one (addrs, files, lines, columns) per sequence, rows deduped so
-    the last row at an address wins (as in llvm-symbolizer and libdw)."""
+    the last row at an address wins (as in llvm-symbolizer and libdw). With `all_rows` every
+    row is kept and the last column is the row's is_stmt flag instead of its column."""
     pos, end = hdr.program, hdr.end
     min_inst, line_base, line_range = hdr.min_inst, hdr.line_base, hdr.line_range
     opcode_base, lengths = hdr.opcode_base, hdr.opcode_lengths
@@ -111,6 +152,7 @@ def _run(data: bytes, hdr: _Header) -> list[_Seq]:
     l_out: list[int] = []
     c_out: list[int] = []
     address, file, line, column = 0, 1, 1, 0
+    is_stmt = default_stmt = int(hdr.default_is_stmt)
     last = -1
     while pos < end:
         op = data[pos]
@@ -145,7 +187,7 @@ def _run(data: bytes, hdr: _Header) -> list[_Seq]:
             sub = data[pos]
             nxt = pos + size
             if sub == LNE_END_SEQUENCE:
-                if a_out and a_out[-1] == address:
+                while a_out and a_out[-1] == address:
                     a_out.pop(), f_out.pop(), l_out.pop(), c_out.pop()
                 a_out.append(address)
                 f_out.append(NO_FILE)
@@ -155,6 +197,7 @@ def _run(data: bytes, hdr: _Header) -> list[_Seq]:
                     seqs.append((a_out, f_out, l_out, c_out))
                 a_out, f_out, l_out, c_out = [], [], [], []
                 address, file, line, column, last = 0, 1, 1, 0, -1
+                is_stmt = default_stmt
             elif sub == LNE_SET_ADDRESS:
                 address = int.from_bytes(data[pos + 1:nxt], "little")
             pos = nxt
@@ -163,14 +206,22 @@ def _run(data: bytes, hdr: _Header) -> list[_Seq]:
             address += int.from_bytes(data[pos:pos + 2], "little")
             pos += 2
             continue
-        elif op == LNS_NEGATE_STMT or op == LNS_SET_BASIC_BLOCK:
+        elif op == LNS_NEGATE_STMT:
+            is_stmt ^= 1
+            continue
+        elif op == LNS_SET_BASIC_BLOCK:
             continue
         else:
             for _ in range(lengths[op - 1]):
                 _, pos = read_uleb(data, pos)
             continue
         # Emit a row.
-        if address == last:
+        if all_rows:
+            a_out.append(address)
+            f_out.append(file)
+            l_out.append(line)
+            c_out.append(is_stmt)
+        elif address == last:
             f_out[-1] = file
             l_out[-1] = line
             c_out[-1] = column
@@ -216,6 +267,7 @@ def _parse_header(sections: DwarfSections, offset: int, comp_dir: str | None,
     program = pos + header_length
     min_inst = data[pos]
     pos += 3 if version >= 4 else 2     # min_inst, max_ops_per_instruction (v4+), is_stmt
+    default_is_stmt = data[pos - 1] != 0
     line_base = data[pos] - 256 if data[pos] >= 128 else data[pos]
     line_range = data[pos + 1]
     opcode_base = data[pos + 2]
@@ -229,7 +281,7 @@ def _parse_header(sections: DwarfSections, offset: int, comp_dir: str | None,
     else:
         files = _files_v4(data, pos, comp_dir, cu_name)
     return _Header(program, end, min_inst, line_base, line_range, opcode_base, opcode_lengths,
-                   files)
+                   files, default_is_stmt)
 
 
 def _join(directory: str | None, name: str) -> str:

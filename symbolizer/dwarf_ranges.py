@@ -6,6 +6,8 @@ unit with code in several sections all describe their code as a range list rathe
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from symbolizer.dwarf_forms import V_RNGLISTX, read_uleb
 from symbolizer.dwarf_sections import DwarfError, DwarfSections
 
@@ -56,6 +58,37 @@ def _ranges_v4(data: bytes, pos: int, addr_size: int, base: int) -> list[tuple[i
             out.append((base + start, base + end))
 
 
+# How a DWARF 5 range list or location list entry gives its bounds (DW_RLE_* and DW_LLE_* share
+# the encodings, not the kind numbers).
+BOUNDS_OFFSET_PAIR, BOUNDS_START_END, BOUNDS_START_LENGTH = 0, 1, 2
+BOUNDS_STARTX_ENDX, BOUNDS_STARTX_LENGTH = 3, 4
+_RLE_BOUNDS = {RLE_OFFSET_PAIR: BOUNDS_OFFSET_PAIR, RLE_START_END: BOUNDS_START_END,
+               RLE_START_LENGTH: BOUNDS_START_LENGTH, RLE_STARTX_ENDX: BOUNDS_STARTX_ENDX,
+               RLE_STARTX_LENGTH: BOUNDS_STARTX_LENGTH}
+
+
+def read_bounds(data: bytes, pos: int, bounds: int, addr_size: int, base: int,
+                indexed: Callable[[int], int]) -> tuple[int, int, int]:
+    """(start, end, position after) of an entry's bounds encoded as `bounds` (``BOUNDS_*``);
+    `indexed` resolves an index into `.debug_addr`."""
+    if bounds == BOUNDS_OFFSET_PAIR:
+        a, pos = read_uleb(data, pos)
+        b, pos = read_uleb(data, pos)
+        return base + a, base + b, pos
+    if bounds == BOUNDS_START_END:
+        start = int.from_bytes(data[pos:pos + addr_size], "little")
+        end = int.from_bytes(data[pos + addr_size:pos + 2 * addr_size], "little")
+        return start, end, pos + 2 * addr_size
+    if bounds == BOUNDS_START_LENGTH:
+        start = int.from_bytes(data[pos:pos + addr_size], "little")
+        length, pos = read_uleb(data, pos + addr_size)
+        return start, start + length, pos
+    a, pos = read_uleb(data, pos)
+    b, pos = read_uleb(data, pos)
+    start = indexed(a)
+    return start, (indexed(b) if bounds == BOUNDS_STARTX_ENDX else start + b), pos
+
+
 def _rnglists(data: bytes, pos: int, addr_size: int, base: int, addr: bytes,
               addr_base: int) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
@@ -71,36 +104,17 @@ def _rnglists(data: bytes, pos: int, addr_size: int, base: int, addr: bytes,
         pos += 1
         if kind == RLE_END_OF_LIST:
             return out
-        if kind == RLE_OFFSET_PAIR:
-            a, pos = read_uleb(data, pos)
-            b, pos = read_uleb(data, pos)
-            start, end = base + a, base + b
-        elif kind == RLE_BASE_ADDRESS:
+        if kind == RLE_BASE_ADDRESS:
             base = int.from_bytes(data[pos:pos + addr_size], "little")
             pos += addr_size
             continue
-        elif kind == RLE_BASE_ADDRESSX:
+        if kind == RLE_BASE_ADDRESSX:
             index, pos = read_uleb(data, pos)
             base = indexed(index)
             continue
-        elif kind == RLE_START_END:
-            start = int.from_bytes(data[pos:pos + addr_size], "little")
-            end = int.from_bytes(data[pos + addr_size:pos + 2 * addr_size], "little")
-            pos += 2 * addr_size
-        elif kind == RLE_START_LENGTH:
-            start = int.from_bytes(data[pos:pos + addr_size], "little")
-            length, pos = read_uleb(data, pos + addr_size)
-            end = start + length
-        elif kind == RLE_STARTX_ENDX:
-            a, pos = read_uleb(data, pos)
-            b, pos = read_uleb(data, pos)
-            start, end = indexed(a), indexed(b)
-        elif kind == RLE_STARTX_LENGTH:
-            a, pos = read_uleb(data, pos)
-            length, pos = read_uleb(data, pos)
-            start = indexed(a)
-            end = start + length
-        else:
+        bounds = _RLE_BOUNDS.get(kind)
+        if bounds is None:
             raise DwarfError(f"bad range list entry kind {kind} at 0x{pos - 1:x}")
+        start, end, pos = read_bounds(data, pos, bounds, addr_size, base, indexed)
         if end > start:
             out.append((start, end))

@@ -23,6 +23,9 @@ DEBUG_SECTIONS = (
     "info", "abbrev", "str", "line_str", "line", "aranges", "ranges", "rnglists", "addr",
     "str_offsets",
 )
+#: Location lists (DWARF 2-4 `.debug_loc`, DWARF 5 `.debug_loclists`): only the variable
+#: listing reads them, so the address index does not pay for decompressing them.
+LOCATION_SECTIONS = ("loc", "loclists")
 
 
 class DwarfError(ValueError):
@@ -47,6 +50,8 @@ class DwarfSections:
     rnglists: bytes
     addr: bytes
     str_offsets: bytes
+    loc: bytes = b""
+    loclists: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +63,19 @@ class _Section:
     size: int
 
 
-def load_sections(path: str) -> DwarfSections:
+def load_sections(path: str, extra: tuple[str, ...] = ()) -> DwarfSections:
     """Read and decompress the DWARF sections of the ELF file at `path`.
 
+    :param extra: more sections to read besides `DEBUG_SECTIONS` (`LOCATION_SECTIONS`).
     Raises `DwarfError` when the file is not a little-endian ELF file or a section cannot be
     decompressed, and `OSError` when it cannot be read.
     """
     with open(path, "rb") as f:
-        data = _read_wanted(f, path)
+        data = _read_wanted(f, path, DEBUG_SECTIONS + extra)
     return DwarfSections(path=path, **data)
 
 
-def _read_wanted(f: BinaryIO, path: str) -> dict[str, bytes]:
+def _read_wanted(f: BinaryIO, path: str, names: tuple[str, ...]) -> dict[str, bytes]:
     ident = f.read(64)
     if len(ident) < 52 or ident[:4] != b"\x7fELF":
         raise DwarfError(f"{path}: not an ELF file")
@@ -77,7 +83,7 @@ def _read_wanted(f: BinaryIO, path: str) -> dict[str, bytes]:
         raise DwarfError(f"{path}: big-endian ELF is not supported")
     is64 = ident[4] == 2
     sections = _section_headers(f, ident, is64, path)
-    wanted: dict[str, bytes] = {name: b"" for name in DEBUG_SECTIONS}
+    wanted: dict[str, bytes] = {name: b"" for name in names}
     for sec in sections:
         if sec.name.startswith(".debug_"):
             key, zdebug = sec.name[7:], False

@@ -104,7 +104,7 @@ class IndexStore:
             for offset, message in on_disk.errors.items():
                 errors.setdefault(offset, message)
         m = self.cu_map
-        _write_atomic(self.path, marshal.dumps((
+        write_atomic(self.path, marshal.dumps((
             _MAGIC, self.has_alt, m.starts.tobytes(), m.ends.tobytes(), m.units.tobytes(),
             blobs, errors)))
         self._unsaved = False
@@ -123,7 +123,9 @@ def _arr(raw: bytes) -> array[int]:
     return out
 
 
-def _write_atomic(path: str, payload: bytes) -> None:
+def write_atomic(path: str, payload: bytes) -> None:
+    """Write `payload` to `path` through a temporary file and a rename (readers never see half
+    a file), creating the directory."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")

@@ -163,17 +163,21 @@ def read_values(data: bytes, pos: int, attrs: tuple[AttrSpec, ...], vals: list[i
 
 
 def _skip_block(data: bytes, pos: int, reader: int) -> int:
-    if reader == R_BLOCK:
-        size, pos = read_uleb(data, pos)
-    elif reader == R_BLOCK1:
-        size, pos = data[pos], pos + 1
-    elif reader == R_BLOCK2:
-        size, pos = int.from_bytes(data[pos:pos + 2], "little"), pos + 2
-    elif reader == R_BLOCK4:
-        size, pos = int.from_bytes(data[pos:pos + 4], "little"), pos + 4
-    else:
-        raise DwarfError(f"bad attribute reader {reader}")
+    size, pos = block_size(data, pos, reader)
     return pos + size
+
+
+def block_size(data: bytes, pos: int, reader: int) -> tuple[int, int]:
+    """(size, position of the first byte) of a block attribute read with `reader` at `pos`."""
+    if reader == R_BLOCK:
+        return read_uleb(data, pos)
+    if reader == R_BLOCK1:
+        return data[pos], pos + 1
+    if reader == R_BLOCK2:
+        return int.from_bytes(data[pos:pos + 2], "little"), pos + 2
+    if reader == R_BLOCK4:
+        return int.from_bytes(data[pos:pos + 4], "little"), pos + 4
+    raise DwarfError(f"bad attribute reader {reader}")
 
 
 class DwarfFile:

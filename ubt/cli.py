@@ -1,4 +1,5 @@
-"""The `ubt` command line: `ubt stack` (a pstack) and `ubt symbolize` (an addr2line).
+"""The `ubt` command line: `ubt stack` (a pstack), `ubt symbolize` (an addr2line), `ubt process`
+(backtraces at uprobes) and `ubt list` (probe points with their variables, like `stap -L`).
 
 Every failure of a whole command is a `UbtError` (or a corrupt-input error from the engines) and
 ends as one line on stderr with a non-zero exit; a traceback is a bug.
@@ -31,6 +32,8 @@ EXAMPLES = """examples:
   ubt symbolize -e /lib/x86_64-linux-gnu/libc.so.6 0x28000 0x9a1b3
   ubt symbolize -p 1234 0x7f3a1c2d4e5f
   nm -n prog | awk '{print $1}' | ubt symbolize -e prog
+  ubt list /bin/ls 'getenv:*'        probe-able lines of getenv (libc) with their variables
+  ubt list /bin/ls 'opendir*'        functions and their parameters
 """
 
 
@@ -73,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("-p", "--pid", type=int, help="process; addresses are absolute")
     sy.add_argument("addresses", nargs="*", metavar="ADDR", help="hex; read from stdin if none")
     sy.add_argument("--format", choices=("text", "json"), default="text")
+    ls = sub.add_parser("list", help="probe-able lines and functions with their variables",
+                        description="List the probe-able source lines of functions (with the "
+                        "variables available at each) or the functions matching a glob (with "
+                        "their parameters), as `stap -L` does.")
+    ls.add_argument("binary", metavar="BINARY", help="a path, a program on PATH, a library; or "
+                    'a whole SystemTap probe: process("/bin/ls").statement("f@ls.c:*")')
+    ls.add_argument("spec", nargs="?", metavar="FUNC[@FILE][:LINE|:*|:N-M]",
+                    help="without a line part: the functions and their parameters")
+    ls.add_argument("--format", choices=("text", "json"), default="text")
     debuginfod_cmd.add_parser(sub)
     return p
 
@@ -200,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_process(args)
         if args.command == "debuginfod":
             return debuginfod_cmd.run(args)
+        if args.command == "list":
+            from . import listing
+            return listing.run(args.binary, args.spec, args.format)
         return cmd_symbolize(args.exe, args.pid, args.addresses, args.format)
     except UbtError as e:
         print(f"ubt: {e}", file=sys.stderr)

@@ -158,7 +158,7 @@ def resolve_probes(binary: str, specs: list[ProbeSpec]) -> list[AttachPoint]:
         found = _match_in(own, spec) or next(
             (m for lib in libraries(own) if (m := _match_in(lib, spec))), [])
         if not found:
-            raise UbtError(_not_found(own, spec))
+            raise UbtError(not_found(own, spec.pattern))
         if len(found) > MAX_GLOB_PROBES:
             raise UbtError(f"{spec} matches {len(found)} functions (more than "
                            f"{MAX_GLOB_PROBES}); narrow the pattern")
@@ -166,16 +166,23 @@ def resolve_probes(binary: str, specs: list[ProbeSpec]) -> list[AttachPoint]:
     return points
 
 
-def _match_in(path: str, spec: ProbeSpec) -> list[AttachPoint]:
-    """Matching functions of one module, one attach point per address (aliases collapsed)."""
+def symbols_matching(path: str, pattern: str) -> list[RawSymbol]:
+    """The code symbols of `path` whose name is `pattern` (or matches it as a glob), one per
+    address (aliases collapsed), by address."""
+    is_glob = any(c in pattern for c in "*?[")
     by_addr: dict[int, RawSymbol] = {}
     for sym in _code_symbols(path):
-        hit = fnmatch.fnmatchcase(sym.name, spec.pattern) if spec.is_glob \
-            else sym.name == spec.pattern
+        hit = fnmatch.fnmatchcase(sym.name, pattern) if is_glob else sym.name == pattern
         if hit and sym.addr not in by_addr:
             by_addr[sym.addr] = sym
+    return [by_addr[addr] for addr in sorted(by_addr)]
+
+
+def _match_in(path: str, spec: ProbeSpec) -> list[AttachPoint]:
+    """Matching functions of one module, one attach point per address (aliases collapsed)."""
     points = []
-    for addr, sym in sorted(by_addr.items()):
+    for sym in symbols_matching(path, spec.pattern):
+        addr = sym.addr
         if spec.offset and sym.size and spec.offset >= sym.size:
             raise UbtError(f"{spec}: offset {spec.offset:#x} is past the end of {sym.name} "
                            f"({sym.size:#x} bytes)")
@@ -186,7 +193,7 @@ def _match_in(path: str, spec: ProbeSpec) -> list[AttachPoint]:
     return points
 
 
-def _not_found(binary: str, spec: ProbeSpec) -> str:
+def not_found(binary: str, pattern: str) -> str:
     """'no function X in BIN or its libraries; nearest: a (libc.so.6), b (ls)'."""
     where: dict[str, str] = {}
     for path in [binary, *libraries(binary)]:
@@ -196,10 +203,10 @@ def _not_found(binary: str, spec: ProbeSpec) -> str:
             continue
         for n in names:
             where.setdefault(n, os.path.basename(path))
-    near = difflib.get_close_matches(spec.pattern, list(where), n=5, cutoff=0.6)
+    near = difflib.get_close_matches(pattern, list(where), n=5, cutoff=0.6)
     hint = "; nearest: " + ", ".join(f"{n} ({where[n]})" for n in near) if near else ""
     stripped = "" if _code_symbols(binary) else f" ({binary} has no symbol table)"
-    return (f"no function {spec.pattern!r} in {binary} or its libraries{stripped}{hint}")
+    return f"no function {pattern!r} in {binary} or its libraries{stripped}{hint}"
 
 
 def _check_boundary(path: str, sym: RawSymbol, offset: int) -> None:
