@@ -7,7 +7,7 @@ STAMP := $(VENV)/.bootstrap-stamp
 # Debian packages: bcc for the BPF path, kernel headers for bcc's clang, the test oracles
 # (gdb, elfutils, binutils, llvm, perf, valgrind, debuginfod), glibc's DWARF, compilers for fixtures.
 APT_PACKAGES := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 gcc g++ make \
-	gdb elfutils debuginfod binutils llvm linux-perf valgrind libc6-dbg dwz xz-utils bpftrace
+	gdb elfutils debuginfod binutils llvm linux-perf valgrind libc6-dbg dwz xz-utils bpftrace systemtap
 
 .PHONY: bootstrap demo test typecheck clean
 bootstrap: $(STAMP)
