@@ -22,6 +22,7 @@ from elftools.elf.elffile import ELFFile
 
 from symbolizer.elf import ElfFormatError, ElfImage
 from symbolizer.locate import DebugInfoLocator
+from symbolizer.demangle import function_name
 from symbolizer.symtab import RawSymbol
 
 from .errors import UbtError
@@ -168,14 +169,44 @@ def resolve_probes(binary: str, specs: list[ProbeSpec]) -> list[AttachPoint]:
 
 def symbols_matching(path: str, pattern: str) -> list[RawSymbol]:
     """The code symbols of `path` whose name is `pattern` (or matches it as a glob), one per
-    address (aliases collapsed), by address."""
+    address (aliases collapsed), by address.
+
+    A pattern that matches no linkage name is tried against C++ names as people write them, as
+    stap and gdb accept them: ``ns::Class::method`` (any overload), or with its parameter list,
+    ``ns::Class::method(int)``; compiler-made clones (``[clone .cold]``) are not functions."""
     is_glob = any(c in pattern for c in "*?[")
-    by_addr: dict[int, RawSymbol] = {}
-    for sym in _code_symbols(path):
-        hit = fnmatch.fnmatchcase(sym.name, pattern) if is_glob else sym.name == pattern
-        if hit and sym.addr not in by_addr:
-            by_addr[sym.addr] = sym
-    return [by_addr[addr] for addr in sorted(by_addr)]
+
+    def matches(name: str) -> bool:
+        return fnmatch.fnmatchcase(name, pattern) if is_glob else name == pattern
+
+    symbols = _code_symbols(path)
+    found = {s.addr: s for s in reversed(symbols) if matches(s.name)}
+    if not found:
+        for sym in reversed(symbols):
+            if sym.name.startswith("_Z"):
+                full = function_name(sym.name)
+                if "[clone" not in full and (matches(full) or matches(without_parameters(full))):
+                    found[sym.addr] = sym
+    return [found[addr] for addr in sorted(found)]
+
+
+def without_parameters(name: str) -> str:
+    """``ns::f<int>(int, char) const`` → ``ns::f<int>``: cut at the parameter list, the
+    bracket matching the last ``)`` (so ``operator()(int)`` keeps its ``operator()``)."""
+    depth = 0
+    for i in range(name.rfind(")"), -1, -1):
+        if name[i] == ")":
+            depth += 1
+        elif name[i] == "(":
+            depth -= 1
+            if depth == 0:
+                return name[:i]
+    return name
+
+
+def display_name(sym: RawSymbol) -> str:
+    """How a matched function is labelled: its C++ name when it has one."""
+    return function_name(sym.name) if sym.name.startswith("_Z") else sym.name
 
 
 def _match_in(path: str, spec: ProbeSpec) -> list[AttachPoint]:
@@ -188,7 +219,7 @@ def _match_in(path: str, spec: ProbeSpec) -> list[AttachPoint]:
                            f"({sym.size:#x} bytes)")
         if spec.offset:
             _check_boundary(path, sym, spec.offset)
-        name = spec.pattern if not spec.is_glob else sym.name
+        name = spec.pattern if not spec.is_glob else display_name(sym)
         points.append(AttachPoint(path, name, addr + spec.offset, spec.offset, spec.is_return))
     return points
 
@@ -198,7 +229,9 @@ def not_found(binary: str, pattern: str) -> str:
     where: dict[str, str] = {}
     for path in [binary, *libraries(binary)]:
         try:
-            names = {s.name for s in _code_symbols(path)}
+            symbols = _code_symbols(path)
+            names = {s.name for s in symbols} | {without_parameters(display_name(s))
+                                                 for s in symbols if s.name.startswith("_Z")}
         except UbtError:
             continue
         for n in names:

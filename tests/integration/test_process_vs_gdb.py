@@ -277,6 +277,19 @@ def test_hits_fixture_matches_gdb(variant: str, fixture_build: Any, needs_root: 
     assert_same(hits, run, in_order(hits, run), os.path.basename(prog))
 
 
+def test_cxx_hits_by_cxx_names_match_gdb(fixture_build: Any, needs_root: None, ubt: Any) -> None:
+    """The same probes spelled as people write C++ (no linkage names): hits are labelled with
+    those spellings and equal gdb's stops at the mangled symbols' addresses."""
+    prog = str(fixture_build.program_path("cxx", "O2-nofp"))
+    names = {"fx::Worker::on_error": "_ZN2fx6Worker8on_errorERKSt9exception",
+             "fx::io::block_forever(int)": "_ZN2fx2io13block_foreverEi"}
+    hits, _ = ubt_hits(ubt, prog, list(names), prog, "-n", "2")
+    run = gdb_stops([prog], [Break(n, prog, elf_symbol(prog, m)) for n, m in names.items()],
+                    max_stops=2)
+    assert [s.label for s in run.stops] == list(names), "gdb: unexpected stops (harness problem)"
+    assert_same(hits, run, in_order(hits, run), os.path.basename(prog))
+
+
 # ---- a real program: ls -l / at libc functions ----------------------------------------------
 
 LS_CASES = {
