@@ -27,7 +27,8 @@ from symbolizer.dwarf_aranges import CuMap, build_cu_map
 from symbolizer.dwarf_build import CuBuilder
 from symbolizer.dwarf_cu import CuIndex
 from symbolizer.dwarf_sections import DwarfError, load_sections
-from symbolizer.dwarf_store import IndexStore, cache_file, cache_root
+from symbolizer.dwarf_store import IndexStore, cache_file
+from unwind.cfi import cache_root
 from symbolizer.dwarf_units import DwarfFile
 from symbolizer.frames import SourceFrame
 

@@ -16,19 +16,10 @@ import tempfile
 from array import array
 
 from symbolizer.dwarf_aranges import CuMap
+from unwind.cfi import cache_root  # one cache root for the project
 from symbolizer.dwarf_cu import CuIndex
 
 _MAGIC = "ubt-dwarf-index-1"
-
-
-def cache_root(cache_dir: str | None = None) -> str:
-    """`cache_dir`, else ``$UBT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ubt``, else ``~/.cache/ubt``."""
-    if cache_dir:
-        return cache_dir
-    if os.environ.get("UBT_CACHE_DIR"):
-        return os.environ["UBT_CACHE_DIR"]
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return os.path.join(xdg, "ubt") if xdg else os.path.expanduser("~/.cache/ubt")
 
 
 def cache_file(debug_path: str, build_id: str | None, cache_dir: str | None) -> str | None:

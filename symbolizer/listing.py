@@ -23,7 +23,7 @@ from symbolizer.dwarf_lines import read_line_rows
 from symbolizer.dwarf_scopes import Scope, ScopeBuilder, ScopeKind, Variable
 from symbolizer.dwarf_sections import LOCATION_SECTIONS, DwarfError, load_sections
 from symbolizer.dwarf_statements import LineChooser, StatementPoint
-from symbolizer.dwarf_store import cache_root
+from unwind.cfi import cache_root
 from symbolizer.dwarf_types import TypeNamer
 from symbolizer.dwarf_units import DwarfFile
 

@@ -14,6 +14,8 @@ from typing import Protocol
 
 from lru import LRU
 
+from unwind.cfi import cache_root
+
 from .demangle import function_name
 from .elf import ElfFormatError, ElfImage
 from .frames import SourceFrame, SymbolReason, SymFrame
@@ -33,11 +35,9 @@ IndexLoader = Callable[[str, "str | None", "str | None", str], AddressIndex]
 
 
 def default_cache_dir() -> str:
-    """``$UBT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ubt``, else ``~/.cache/ubt``."""
-    if os.environ.get("UBT_CACHE_DIR"):
-        return os.environ["UBT_CACHE_DIR"]
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "ubt")
+    """The ubt cache root (``$UBT_CACHE_DIR``, else ``$XDG_CACHE_HOME/ubt``, else
+    ``~/.cache/ubt``)."""
+    return cache_root()
 
 
 def _load_dwarf_index(debug_path: str, alt_path: str | None, build_id: str | None,
