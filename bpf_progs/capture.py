@@ -10,6 +10,7 @@ a margin, grown when a walk comes up short, so a hit copies what it needs, not t
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -103,19 +104,33 @@ class StackCapture:
                                                 cache_dir)
         self._prog = load(compiled, "ubt_ustack", PROG_TYPE_KPROBE, BPF_TRACE_UPROBE_MULTI,
                           {"hits": ring_pages * _PAGE, "want": len(probes)})
+        self._lock = threading.Lock()  # add_process may run on another thread
         try:
             order = sorted(range(len(probes)), key=lambda i: (probes[i].path, probes[i].is_return))
-            for (path, is_return), group in groupby(order, lambda i: (probes[i].path,
-                                                                      probes[i].is_return)):
-                ids = list(group)
-                offsets = file_offsets(path, [probes[i].elf_addr for i in ids])
-                self._links.append(UprobeMultiLink(self._prog.prog_fd, path, offsets, ids,
-                                                   retprobe=is_return, pid=pid))
+            self._groups = [(path, is_return, ids,
+                             file_offsets(path, [probes[i].elf_addr for i in ids]))
+                            for (path, is_return), group in
+                            groupby(order, lambda i: (probes[i].path, probes[i].is_return))
+                            for ids in [list(group)]]
+            self._attach(pid)
             self._ring = RingBuffer(self._prog.map_fds["hits"], ring_pages * _PAGE,
                                     self._sample)
         except BaseException:
             self.close()
             raise
+
+    def _attach(self, pid: int | None) -> None:
+        assert self._prog is not None
+        for path, is_return, ids, offsets in self._groups:
+            self._links.append(UprobeMultiLink(self._prog.prog_fd, path, offsets, ids,
+                                               retprobe=is_return, pid=pid))
+
+    def add_process(self, pid: int) -> None:
+        """Place the probes in one more process (a child of a traced command, still stopped
+        by its tracer): uprobe_multi links filter by one process each."""
+        with self._lock:
+            if self._prog is not None:
+                self._attach(pid)
 
     def _sample(self, data: memoryview) -> None:
         head = _HEAD.unpack_from(data)  # runs for every record: kept to plain operations
@@ -160,13 +175,14 @@ class StackCapture:
 
     def close(self) -> None:
         """Detach every uprobe and free the program and its maps (safe to call twice)."""
-        for link in self._links:
-            link.close()
-        self._links.clear()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        if self._prog is not None:
-            self._lost_at_close = self.lost
-            self._prog.close()
-            self._prog = None
+        with self._lock:
+            for link in self._links:
+                link.close()
+            self._links.clear()
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
+            if self._prog is not None:
+                self._lost_at_close = self.lost
+                self._prog.close()
+                self._prog = None

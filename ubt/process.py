@@ -117,6 +117,7 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
     try:
         _start_line(points, binary, opts)
         if launcher:
+            launcher.on_new_process = capture.add_process  # the command's children too
             launcher.release()
         _trace(opts, capture, records, flush, tracker, launcher, stats, out, stop)
     finally:
@@ -270,7 +271,11 @@ def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: Sta
 
 
 def _stack_key(hit: Hit) -> str:
-    return "\n".join(f"{f.pc:x}:{int(f.inlined)}" for f in hit.trace.frames) + hit.probe
+    """Identical stacks: the same code positions (module + offset, so the same path in two
+    processes of a command counts once whatever their load addresses), the same probe."""
+    return "\n".join(f"{f.module}+{f.offset:x}:{int(f.inlined)}" if f.module is not None
+                     and f.offset is not None else f"{f.pc:x}:{int(f.inlined)}"
+                     for f in hit.trace.frames) + hit.probe
 
 
 def _print_aggregate(opts: ProcessOptions, counts: Counter[str], examples: dict[str, Hit],
