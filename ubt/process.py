@@ -94,8 +94,10 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
             _put(records, batch.copy(), stop)
             batch.clear()
 
-    def flush() -> None:  # drain thread, after each poll
-        if batch:
+    def flush(force: bool = False) -> None:  # drain thread, after each poll
+        # A short batch goes only to an idle walker (or at the end): while the walker is
+        # behind, batches fill up, so the bounded queue holds whole batches.
+        if batch and (force or records.empty()):
             _put(records, batch.copy(), stop)
             batch.clear()
 
@@ -141,7 +143,7 @@ def _start_line(points: list[AttachPoint], binary: str, opts: ProcessOptions) ->
 
 
 def _trace(opts: ProcessOptions, capture: StackCapture,
-           records: queue.Queue[list[RawHit] | None], flush: Callable[[], None], tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO,
+           records: queue.Queue[list[RawHit] | None], flush: Callable[..., None], tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO,
            stop: threading.Event) -> None:
     if launcher is not None:
         alive: Callable[[], bool] = lambda: launcher.running
@@ -211,7 +213,7 @@ def _walk(raw: RawHit, opts: ProcessOptions, capture: StackCapture, tracker: Map
 
 
 def _drain(capture: StackCapture, records: queue.Queue[list[RawHit] | None],
-           flush: Callable[[], None], stop: threading.Event,
+           flush: Callable[..., None], stop: threading.Event,
            target_alive: Callable[[], bool]) -> None:
     """Poll the ring buffer until told to stop, or the target (`-c` command, `-p` process) is
     gone and nothing is left to read."""
@@ -221,7 +223,7 @@ def _drain(capture: StackCapture, records: queue.Queue[list[RawHit] | None],
             flush()
             if got == 0 and not target_alive() and capture.poll(0) == 0:
                 break
-        flush()
+        flush(force=True)
     finally:
         _put(records, None, stop, always=True)
 

@@ -25,6 +25,7 @@ from .regs import RA, RBP, RSP
 from .table import RawRule, RuleKind, UnwindTable
 
 _unpack_u64 = struct.Struct("<Q").unpack_from
+_new_frame = tuple.__new__  # RawFrame without NamedTuple's Python-level __new__ (per frame)
 _MASK = (1 << 64) - 1
 #: The frame-pointer fallback trusts rbp only this far above the stack pointer.
 _FP_MAX_DISTANCE = 64 << 20
@@ -217,15 +218,15 @@ class Unwinder:
                     next_method = cfi
                     signal = rule[4]
                     if rule[5] and fast_memory:
-                        # The common row: CFA = reg + off; registers saved at CFA + n.
+                        # The common row: CFA = reg + off; registers saved at CFA + n (read
+                        # from the captured bytes; the reads use the CFA only, so each saved
+                        # value can go straight into regs).
                         cfa = regs[rule[0]] + rule[1]
-                        saved = []
                         for reg, _, off in rule[3]:
                             off = cfa + off - base  # type: ignore[operator]
                             if off < 0 or off > limit:
                                 raise MemoryFault(off + base)
-                            saved.append((reg, _unpack_u64(data, off)[0]))
-                        regs.update(saved)
+                            regs[reg] = _unpack_u64(data, off)[0]
                         regs[RSP] = cfa
                     else:
                         cfa = _apply_general(rule, regs, memory)
@@ -241,7 +242,7 @@ class Unwinder:
                 reason, detail = StopReason.BAD_CFI, str(err)
                 append(RawFrame(pc, sp, None, activation, method))
                 break
-            append(RawFrame(pc, sp, cfa, activation, method))
+            append(_new_frame(RawFrame, (pc, sp, cfa, activation, method)))
             new_pc = regs.get(RA)
             if new_pc is None:
                 reason = StopReason.END_OF_STACK
