@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 from unwind.memory import StackBytes
@@ -38,9 +39,10 @@ _PT_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", 
 
 # struct hit_head: time_ns, pid, tid, probe, stack_len, flags, pad, comm[16], struct pt_regs
 _HEAD = struct.Struct(f"<QIIIII4x16s{len(_PT_REGS)}Q")
-# (DWARF number, index of that pt_regs field in the unpacked header): orig_rax has no number
-_REG_SLOTS = tuple((USER_REGS_FIELDS[name], 7 + i) for i, name in enumerate(_PT_REGS)
-                   if name in USER_REGS_FIELDS)
+# DWARF numbers of the pt_regs fields that have one (not orig_rax), and a getter of their
+# values from the unpacked header (fields from index 7 on)
+_REG_NUMBERS = tuple(USER_REGS_FIELDS[name] for name in _PT_REGS if name in USER_REGS_FIELDS)
+_reg_values = itemgetter(*(7 + i for i, name in enumerate(_PT_REGS) if name in USER_REGS_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,7 @@ class StackCapture:
 
     def _sample(self, data: memoryview) -> None:
         head = _HEAD.unpack_from(data)  # runs for every record: kept to plain operations
-        regs = {number: head[slot] for number, slot in _REG_SLOTS}
+        regs = dict(zip(_REG_NUMBERS, _reg_values(head)))
         end = _HEAD.size + min(head[4], len(data) - _HEAD.size)
         stack = StackBytes(regs[7], bytes(data[_HEAD.size:end]))
         self._on_hit(RawHit(head[1], head[2], head[6].split(b"\0", 1)[0].decode(errors="replace"),
