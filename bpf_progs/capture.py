@@ -19,7 +19,7 @@ from pathlib import Path
 from unwind.memory import StackBytes
 from unwind.regs import USER_REGS_FIELDS
 
-from .bpfsys import PROG_TYPE_KPROBE, map_lookup, map_update
+from .bpfsys import PROG_SLEEPABLE, PROG_TYPE_KPROBE, map_lookup, map_update
 from .objcache import LoadedProgram, get_program, load
 from .ringbuf import RingBuffer
 from .uprobe_link import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, file_offsets
@@ -120,8 +120,11 @@ class StackCapture:
             self._vars_size = values.size
         self._head_size = _HEAD.size + self._vars_size
         compiled, self.from_cache = get_program(source, defines, cflags, "on_hit", cache_dir)
+        # with values the program is sleepable: a string or heap page the target has not
+        # touched yet is not mapped, and only bpf_copy_from_user may fault it in
         self._prog = load(compiled, "ubt_ustack", PROG_TYPE_KPROBE, BPF_TRACE_UPROBE_MULTI,
-                          {"hits": ring_pages * _PAGE, "want": len(probes)})
+                          {"hits": ring_pages * _PAGE, "want": len(probes)},
+                          PROG_SLEEPABLE if values is not None else 0)
         try:
             order = sorted(range(len(probes)), key=lambda i: (probes[i].path, probes[i].is_return))
             for (path, is_return), group in groupby(order, lambda i: (probes[i].path,

@@ -8,8 +8,9 @@ from DWARF when the probe is resolved, so printing a hit never touches DWARF):
 - pointers in hex (``0x0`` for NULL); a ``char *`` as the string it points to (``"vars"``),
   read at the hit; the pointer in hex when that read failed;
 - ``char`` arrays as strings up to the first NUL, other arrays as ``[1, 2, 3]``;
-- structs and unions as ``{...}``; with a trailing ``$`` (``$var$``) one level deep like stap:
-  ``{.x=1, .y=2}`` (deeper aggregates stay ``{...}``);
+- structs one level deep like stap's ``$var$``: ``{.x=1, .y=2}`` (deeper aggregates stay
+  ``{...}``, unions too: which member is meant is not known); a trailing ``$`` on a pointer to
+  a struct prints the struct it points to;
 - a type the printer does not know as its name and address: ``<__int128 at 0x7ffd...>``;
 - a value not available at the pc, or a read that failed at the hit, as ``?``.
 """
@@ -71,15 +72,13 @@ def shape_of(types: TypeReader, t: CType, depth: int = 1) -> Shape:
 
 
 def format_value(shape: Shape, data: bytes | None, string: bytes | None = None,
-                 address: int | None = None, pretty: bool = False,
-                 strings: Mapping[str, bytes | None] | None = None) -> str:
+                 address: int | None = None, strings: Mapping[str, bytes | None] | None = None) -> str:
     """The text of one value.
 
     :param data: its bytes (None: not available).
     :param string: for a ``char *``, the bytes read at the pointer (None: not read).
     :param address: where the value lives, for types the printer does not know.
-    :param pretty: ``$var$``: a struct's members one level deep.
-    :param strings: for ``$var$``, the strings its ``char *`` members point to, by name.
+    :param strings: for a struct, the strings its ``char *`` members point to, by name.
     """
     if shape.kind is TypeKind.UNKNOWN or (shape.kind is TypeKind.FUNCTION):
         where = f"{address:#x}" if address is not None else UNAVAILABLE
@@ -88,7 +87,7 @@ def format_value(shape: Shape, data: bytes | None, string: bytes | None = None,
         return UNAVAILABLE
     kind = shape.kind
     if kind in (TypeKind.STRUCT, TypeKind.UNION):
-        if not pretty or not shape.members:
+        if kind is TypeKind.UNION or not shape.members:
             return "{...}"
         found = strings or {}
         return "{" + ", ".join(f".{name}=" + _member(m, data[off:off + m.size], found.get(name))
@@ -104,7 +103,7 @@ def format_value(shape: Shape, data: bytes | None, string: bytes | None = None,
 
 
 def _member(shape: Shape, data: bytes, string: bytes | None = None) -> str:
-    """A member inside ``$var$`` or an array element: aggregates one level down stay
+    """A struct member or an array element: aggregates one level down stay
     ``{...}``."""
     if shape.kind in (TypeKind.STRUCT, TypeKind.UNION):
         return "{...}"

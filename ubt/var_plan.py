@@ -3,8 +3,8 @@
     ubt process BIN 'fx_walk@vars.c:59' --print '$name $r->depth $pt$ $$parms'
 
 Each expression names a variable in scope at the probe's address (`$name`), optionally followed
-by member and element accesses (``->field``, ``.field``, ``[N]``) and a trailing ``$`` (print a
-struct one level deep, like stap); ``$$vars``, ``$$locals`` and ``$$parms`` stand for every
+by member and element accesses (``->field``, ``.field``, ``[N]``) and a trailing ``$`` (a
+pointer to a struct prints the struct, one level deep, like stap); ``$$vars``, ``$$locals`` and ``$$parms`` stand for every
 variable, local or parameter in scope (innermost first). `plan_probe` resolves them with the
 variables' DWARF locations and types into a `ProbePlan`: items to print and the fetches
 (`symbolizer.var_fetch.Fetch`) the BPF program makes at the hit. `values_at` turns the bytes
@@ -51,8 +51,8 @@ class Item:
         value's (start, size) in them.
     :param string: fetch of the string a ``char *`` points to.
     :param address: fetch of the value's address (for a type the printer does not know).
-    :param member_strings: for ``$var$``: fetches of the strings its ``char *`` members
-        point to, by member name.
+    :param member_strings: for a struct: fetches of the strings its ``char *`` members point
+        to, by member name.
     :param error: why the value is not available at the pc (printed ``?``).
     """
 
@@ -62,7 +62,6 @@ class Item:
     window: tuple[int, int] = (0, 0)
     string: int | None = None
     address: int | None = None
-    pretty: bool = False
     member_strings: tuple[tuple[str, int], ...] = ()
     error: str | None = None
 
@@ -117,8 +116,7 @@ class _Planner:
         if found is None:
             names = " ".join("$" + v.name for v, _ in self.in_scope) or "none"
             raise UbtError(f"no variable ${m['name']} at {self.probe}; in scope: {names}")
-        return [self.item(m["name"] + m["path"], found[0], found[1], m["path"],
-                          bool(m["pretty"]))]
+        return [self.item(word[1:], found[0], found[1], m["path"], bool(m["pretty"]))]
 
     def item(self, label: str, var: Variable, t: CType, path: str, pretty: bool) -> Item:
         loc: Located | None = None
@@ -129,6 +127,10 @@ class _Planner:
             error = str(e)
         for arrow, field, index in _STEP.findall(path):
             t, loc, error = self._step(label, t, loc, error, arrow, field, index)
+        if pretty and t.kind is TypeKind.POINTER and t.die is not None \
+                and self.types.target(t).kind in (TypeKind.STRUCT, TypeKind.UNION):
+            target = self.types.target(t)       # stap's $ptr$: the struct pointed to
+            t, (loc, error) = target, self._access(loc, error, True, 0, target.size)
         shape = shape_of(self.types, t)
         if loc is None or error is not None:
             return Item(label, shape, error=error or "unavailable")
@@ -141,13 +143,13 @@ class _Planner:
         if t.kind in (TypeKind.UNKNOWN, TypeKind.FUNCTION) and loc.memory is not None:
             address = self.fetch(Fetch(loc.memory, 8, FetchMode.VALUE))
         strings = []
-        if pretty and t.kind is TypeKind.STRUCT:
+        if t.kind is TypeKind.STRUCT:
             for name, off, mshape in shape.members:
                 if mshape.is_string:
                     ref = self._string(member(loc, off, 8))
                     if ref is not None:
                         strings.append((name, ref))
-        return Item(label, shape, parts, loc.window, string, address, pretty, tuple(strings))
+        return Item(label, shape, parts, loc.window, string, address, tuple(strings))
 
     def _locate(self, var: Variable, t: CType) -> Located:
         if var.die_offset not in self.available:
@@ -253,8 +255,7 @@ def values_at(plan: ProbePlan, area: bytes, regs: Mapping[int, int],
         address = got[item.address] if item.address is not None else None
         strings = {name: got[ref] for name, ref in item.member_strings}
         text = format_value(item.shape, data, string,
-                            int.from_bytes(address, "little") if address else None, item.pretty,
-                            strings)
+                            int.from_bytes(address, "little") if address else None, strings)
         out.append((item.label, text))
     return out
 
