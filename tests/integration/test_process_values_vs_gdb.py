@@ -23,14 +23,16 @@ ones where ubt says ``?`` and gdb has a value: nothing else may differ.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from typing import Any
 
 import pytest
 
 from tests.integration.test_process_vs_gdb import ubt_process
 from tests.oracle import gdb as gdb_oracle
-from tests.oracle.gdb_stops import Break, gdb_stops
+from tests.oracle.gdb_stops import Break, GdbRun, gdb_stops
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_root,
               pytest.mark.skipif(not gdb_oracle.available(), reason="gdb is not installed")]
@@ -47,6 +49,8 @@ CASES = [
     ("O2-nofp", "fx_heap", HEAP, ("heap", "x"), set()),
     ("O2-nofp", "fx_heap@vars.c:107", HEAP + " $n", (), {"letter"}),
     ("O2-nofp", "fx_buffers@vars.c:84", BUFFERS, ("a",), {"argv", "argv[0]"}),
+    ("O2-nofp", "fx_walk@vars.c:69", "$name $count $state $visit $head $seen $pt", (),
+     {"name", "count", "state", "visit", "head"}),
     ("O0", "fx_walk@vars.c:60", WALK, (), set()),
     ("O0", "fx_heap", HEAP, ("O0-heap",), set()),
 ]
@@ -88,17 +92,41 @@ def test_values_match_gdb(variant: str, probe: str, prints: str, args: tuple[str
     proc = ubt_process(ubt, prog, [probe], command, "--print", prints, "--format", "json")
     hits = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert hits, f"no hits of {probe}:\n{proc.stderr}"
-    labels = [gdb_expression(w) for w in prints.split()]
     addr = hits[0]["frames"][0]["offset"]
+    assert all(h["frames"][0]["offset"] == addr for h in hits)
     run = gdb_stops([prog, *args], [Break(probe, prog, addr)], max_stops=len(hits) + 1,
-                    env=ubt.env, prints=labels)
+                    env=ubt.env, prints=[gdb_expression(w) for w in prints.split()])
+    compare(hits, run, prints, f"{probe} ({variant}) at {addr:#x}", entry_values)
+    if "@" not in probe:        # a function probe goes where gdb's `break FUNC` stops
+        assert addr == gdb_break_address(prog, probe), f"{probe} ({variant}) placed at {addr:#x}"
+
+
+def test_libc_parameter_at_a_statement(ubt: Any, needs_root: None) -> None:
+    """A statement probe in libc (debug info from libc6-dbg) while `ls` runs: getenv's
+    `name` (a string in the environment or in ls's .rodata), `len`, `name_start`."""
+    prints = "$name $len $name_start"
+    proc = ubt_process(ubt, "/bin/ls", ["getenv@getenv.c:67"], "ls /", "--print", prints,
+                       "--format", "json", "-n", "3")
+    hits = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(hits) == 3, proc.stderr
+    libc = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
+    addr = hits[0]["frames"][0]["offset"]
+    assert hits[0]["frames"][0]["module"] == libc
+    run = gdb_stops(["/bin/ls", "/"], [Break("getenv", libc, addr)], max_stops=3,
+                    env=ubt.env, prints=[w[1:] for w in prints.split()])
+    compare(hits, run, prints, f"getenv@getenv.c:67 at {addr:#x} of libc", set())
+    assert hits[0]["vars"]["name"].startswith('"')
+
+
+def compare(hits: list[dict[str, Any]], run: GdbRun, prints: str, what: str,
+            entry_values: set[str]) -> None:
+    """Hit k's values against gdb's at stop k (see the module docstring)."""
     assert len(run.stops) == len(hits), f"ubt {len(hits)} hits, gdb {len(run.stops)} stops"
     problems: list[str] = []
     left_to_gdb: set[str] = set()
     for k, (hit, stop) in enumerate(zip(hits, run.stops)):
-        assert hit["frames"][0]["offset"] == addr
-        for word, label in zip(prints.split(), labels):
-            key = word[1:]
+        for word in prints.split():
+            key, label = word[1:], gdb_expression(word)
             mine, theirs = hit["vars"][key], normalize_gdb(stop.values[label])
             if normalize_ubt(mine) == theirs:
                 continue
@@ -106,5 +134,14 @@ def test_values_match_gdb(variant: str, probe: str, prints: str, args: tuple[str
                 left_to_gdb.add(label)
                 continue
             problems.append(f"hit {k}: ${key}: ubt {mine!r}, gdb {stop.values[label]!r}")
-    assert not problems, f"{probe} ({variant}) at {addr:#x}:\n" + "\n".join(problems)
+    assert not problems, f"{what}:\n" + "\n".join(problems)
     assert left_to_gdb == entry_values, f"entry values ubt left to gdb: {left_to_gdb}"
+
+
+def gdb_break_address(prog: str, function: str) -> int:
+    """Where gdb's `break FUNCTION` goes in `prog` (an ELF address: the program is not run)."""
+    out = subprocess.run(["gdb", "-nx", "-batch", "-ex", f"break {function}", prog],
+                         capture_output=True, text=True, timeout=60).stdout
+    m = re.search(r"Breakpoint 1 at (0x[0-9a-f]+)", out)
+    assert m, out
+    return int(m[1], 16)
