@@ -15,6 +15,10 @@ Method
    members ``x = 1`` are ``.x=1``, arrays are written with braces on both sides, a char array
    is its string up to the first NUL. Everything else must be the same text.
 
+A function probe (no line) must also be where gdb's ``break FUNC`` stops (gdb run on the file,
+not the process): the entry of optimized code, after the prologue line at -O0. One case probes
+libc (debug info from libc6-dbg) while ``ls`` runs.
+
 Entry values (``DW_OP_entry_value``: the caller's register at the call) are recovered by gdb
 from call-site information of the caller; ubt reads them only at the function's entry and
 prints ``?`` elsewhere. Those are listed per case (`entry_values`) and must be exactly the
