@@ -26,6 +26,8 @@ LINK_CREATE = 28
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_RINGBUF = 27
 PROG_TYPE_KPROBE = 2
+#: BPF_F_SLEEPABLE: the program may fault user pages in (``bpf_copy_from_user``).
+PROG_SLEEPABLE = 1 << 4
 _ATTR_SIZE = 128
 _LOG_SIZE = 1 << 20
 
@@ -106,14 +108,15 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
 
 
 def prog_load(insns: bytes, license: str, prog_type: int, expected_attach_type: int,
-              name: str) -> int:
+              name: str, flags: int = 0) -> int:
     """Load (and have the kernel verify) a program; returns its fd. On a verifier refusal the
-    error carries the end of the verifier's log."""
+    error carries the end of the verifier's log. `flags`: ``BPF_F_*`` (`PROG_SLEEPABLE`)."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(license.encode())
     attr = bytearray(_ATTR_SIZE)
     struct.pack_into("<IIQQIIQII", attr, 0, prog_type, len(insns) // 8, ctypes.addressof(code),
                      ctypes.addressof(lic), 0, 0, 0, 0, 0)
+    struct.pack_into("<I", attr, 44, flags)
     attr[48:48 + 15] = name.encode()[:15].ljust(15, b"\0")
     struct.pack_into("<I", attr, 68, expected_attach_type)
     try:

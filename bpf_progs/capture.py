@@ -21,7 +21,7 @@ from pathlib import Path
 from unwind.memory import StackBytes
 from unwind.regs import USER_REGS_FIELDS
 
-from .bpfsys import PROG_TYPE_KPROBE, map_lookup, map_update
+from .bpfsys import PROG_SLEEPABLE, PROG_TYPE_KPROBE, map_lookup, map_update
 from .objcache import LoadedProgram, get_program, load
 from .ringbuf import RingBuffer
 from .uprobe_link import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, file_offsets
@@ -46,6 +46,15 @@ _reg_values = itemgetter(*(7 + i for i, name in enumerate(_PT_REGS) if name in U
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeValues:
+    """Values to read at the hits: `source` (`fetch_gen.generate`'s C, appended to the
+    program) fills `size` bytes per record."""
+
+    source: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProbePoint:
     """Where to attach: `elf_addr` in `path`; `label` names its hits."""
 
@@ -61,6 +70,7 @@ class RawHit(NamedTuple):
 
     :param probe_id: index into the capture's probes.
     :param truncated: the copy stopped at the size limit before the end of the stack.
+    :param vars: the probe's values read at the hit (`ProbeValues`), empty without any.
     """
 
     pid: int
@@ -71,6 +81,7 @@ class RawHit(NamedTuple):
     regs: dict[int, int]
     stack: StackBytes
     truncated: bool
+    vars: bytes = b""
 
     @property
     def regs_pc(self) -> int:
@@ -86,9 +97,11 @@ class StackCapture:
 
     def __init__(self, probes: list[ProbePoint], pid: int | None, stack_cap: int,
                  on_hit: Callable[[RawHit], None], cflags: Callable[[], tuple[str, ...]],
-                 ring_pages: int = _RINGBUF_PAGES, cache_dir: str | None = None) -> None:
+                 ring_pages: int = _RINGBUF_PAGES, cache_dir: str | None = None,
+                 values: ProbeValues | None = None) -> None:
         """:param cflags: include flags for bcc, asked for only when the program must be
         compiled (not cached yet).
+        :param values: probe values to read at each hit, into `RawHit.vars`.
         :param ring_pages: ring buffer size in pages (a power of two).
         :param cache_dir: where the compiled program is kept (default: the ubt cache)."""
         self.probes = probes
@@ -101,11 +114,20 @@ class StackCapture:
         self._lost_at_close = 0
         self._ring: RingBuffer | None = None
         self._prog: LoadedProgram | None = None
-        defines = (f"-DSTACK_CAP={self.stack_cap}",)
-        compiled, self.from_cache = get_program(_SOURCE.read_text(), defines, cflags, "on_hit",
-                                                cache_dir)
+        defines: tuple[str, ...] = (f"-DSTACK_CAP={self.stack_cap}",)
+        source = _SOURCE.read_text()
+        self._vars_size = 0
+        if values is not None:
+            defines += (f"-DVARS_SIZE={values.size}",)
+            source += values.source
+            self._vars_size = values.size
+        self._head_size = _HEAD.size + self._vars_size
+        compiled, self.from_cache = get_program(source, defines, cflags, "on_hit", cache_dir)
+        # with values the program is sleepable: a string or heap page the target has not
+        # touched yet is not mapped, and only bpf_copy_from_user may fault it in
         self._prog = load(compiled, "ubt_ustack", PROG_TYPE_KPROBE, BPF_TRACE_UPROBE_MULTI,
-                          {"hits": ring_pages * _PAGE, "want": len(probes)})
+                          {"hits": ring_pages * _PAGE, "want": len(probes)},
+                          PROG_SLEEPABLE if values is not None else 0)
         self._lock = threading.Lock()  # add_process may run on another thread
         try:
             order = sorted(range(len(probes)), key=lambda i: (probes[i].path, probes[i].is_return))
@@ -137,10 +159,12 @@ class StackCapture:
     def _sample(self, data: memoryview) -> None:
         head = _HEAD.unpack_from(data)  # runs for every record: kept to plain operations
         regs = dict(zip(_REG_NUMBERS, _reg_values(head)))
-        end = _HEAD.size + min(head[4], len(data) - _HEAD.size)
-        stack = StackBytes(regs[7], bytes(data[_HEAD.size:end]))
+        start = self._head_size
+        end = start + min(head[4], len(data) - start)
+        stack = StackBytes(regs[7], bytes(data[start:end]))
         self._on_hit(RawHit(head[1], head[2], head[6].split(b"\0", 1)[0].decode(errors="replace"),
-                            head[0], head[3], regs, stack, bool(head[5] & 1)))
+                            head[0], head[3], regs, stack, bool(head[5] & 1),
+                            bytes(data[_HEAD.size:start])))
 
     def poll(self, timeout_ms: int) -> int:
         """Drain the ring buffer: consume what is there, else wait up to `timeout_ms` for a

@@ -157,9 +157,9 @@ def get_program(source: str, defines: Sequence[str], cflags: Callable[[], Sequen
 
 
 def load(program: CompiledProgram, name: str, prog_type: int, expected_attach_type: int,
-         max_entries: Mapping[str, int] | None = None) -> LoadedProgram:
+         max_entries: Mapping[str, int] | None = None, flags: int = 0) -> LoadedProgram:
     """Create the program's maps (`max_entries` overrides sizes by map name), patch their fds
-    into the instructions and load it."""
+    into the instructions and load it (with `flags`, e.g. `bpfsys.PROG_SLEEPABLE`)."""
     sizes = max_entries or {}
     specs = [replace(m, max_entries=sizes.get(m.name, m.max_entries)) for m in program.maps]
     fds: list[int] = []
@@ -169,7 +169,8 @@ def load(program: CompiledProgram, name: str, prog_type: int, expected_attach_ty
         code = bytearray(program.insns)
         for insn, map_index in program.relocs:
             struct.pack_into("<i", code, insn * 8 + 4, fds[map_index])
-        prog_fd = prog_load(bytes(code), program.license, prog_type, expected_attach_type, name)
+        prog_fd = prog_load(bytes(code), program.license, prog_type, expected_attach_type, name,
+                            flags)
     except BaseException:
         for fd in fds:
             os.close(fd)

@@ -2,6 +2,8 @@
 //
 // Compiled by bcc with one -D setting, and the bytecode cached (bpf_progs/objcache.py):
 //   STACK_CAP      most stack bytes copied per hit (a multiple of 4096, at most 131072)
+//   VARS_SIZE      (optional) bytes of probe values per record: the program text then ends with
+//                  a generated fetch_vars() (bpf_progs/fetch_gen.py) that fills them
 // The sizes of `hits` and `want` below are placeholders: the loader sets them per run (ring
 // buffer size; one `want` entry per probe). One program serves every probe: it is attached
 // through uprobe_multi links whose cookie is the probe's index (bpf_get_attach_cookie), and
@@ -26,7 +28,14 @@ struct hit_head {
     u32 pad;
     char comm[16];
     struct pt_regs regs;
+#ifdef VARS_SIZE
+    u8 vars[VARS_SIZE];   // values read at the hit, laid out per probe by fetch_gen.py
+#endif
 };
+
+#ifdef VARS_SIZE
+static __always_inline void fetch_vars(struct pt_regs *ctx, u32 probe, u8 *out);
+#endif
 
 #define HIT_TRUNCATED 1
 
@@ -106,6 +115,9 @@ static __always_inline void fill_head(struct hit_head *h, struct pt_regs *ctx, u
     h->pad = 0;
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
     __builtin_memcpy(&h->regs, ctx, sizeof(struct pt_regs));
+#ifdef VARS_SIZE
+    fetch_vars(ctx, probe, h->vars);
+#endif
 }
 
 // Waking the reader costs the traced thread ~0.3 us: only a process's first record (its maps

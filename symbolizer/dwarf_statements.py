@@ -44,6 +44,7 @@ class StatementPoint:
     :param unavailable: in scope at `address` but without a location there (optimized out).
     :param frame_base: ``DW_AT_frame_base`` of the subprogram holding the code (for
         ``DW_OP_fbreg`` locations).
+    :param entry_pc: that subprogram's entry (where entry values are the registers).
     """
 
     function: str
@@ -54,6 +55,7 @@ class StatementPoint:
     variables: tuple[Variable, ...]
     unavailable: tuple[Variable, ...]
     frame_base: Location | None
+    entry_pc: int | None = None
 
 
 def variables_at(chain: tuple[Scope, ...], elf_addr: int,
@@ -104,7 +106,8 @@ class LineChooser:
             instance, holder = addrs[address]
             points.append(StatementPoint(
                 name, decl_file, line, address, tuple(sorted(addrs)),
-                *variables_at(instance.chain_at(address), address), holder.frame_base))
+                *variables_at(instance.chain_at(address), address), holder.frame_base,
+                holder.entry_pc))
         return points
 
     def _candidates(self, instance: Scope) -> list[tuple[str, int, int]]:

@@ -12,20 +12,23 @@ dwarf_statements`). Only the units holding the functions asked for are decoded:
 """
 from __future__ import annotations
 
+import bisect
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from symbolizer.dwarf_aranges import build_cu_map
-from symbolizer.dwarf_attrs import AT_DECL_LINE, Die, DieReader
+from symbolizer.dwarf_attrs import AT_DECL_LINE, AT_PRODUCER, AT_TYPE, Die, DieReader
 from symbolizer.dwarf_functions import FunctionDef, FunctionFinder
-from symbolizer.dwarf_lines import read_line_rows
+from symbolizer.dwarf_lines import NO_FILE, read_line_rows
 from symbolizer.dwarf_scopes import Scope, ScopeBuilder, ScopeKind, Variable
 from symbolizer.dwarf_sections import LOCATION_SECTIONS, DwarfError, load_sections
-from symbolizer.dwarf_statements import LineChooser, StatementPoint
+from symbolizer.dwarf_statements import LineChooser, StatementPoint, variables_at
 from unwind.cfi import cache_root
 from symbolizer.dwarf_types import TypeNamer
 from symbolizer.dwarf_units import DwarfFile
+from symbolizer.var_types import CType, TypeReader
 
 __all__ = ["DwarfError", "FunctionPoint", "Lister", "StatementPoint"]
 
@@ -65,7 +68,9 @@ class Lister:
                 alt = None              # names and types defined in the alt file stay unknown
         self.main = DwarfFile(load_sections(debug_path, LOCATION_SECTIONS), alt)
         self._reader = DieReader(self.main)
-        self._builder = ScopeBuilder(self._reader, TypeNamer(self._reader))
+        namer = TypeNamer(self._reader)
+        self._builder = ScopeBuilder(self._reader, namer)
+        self.types = TypeReader(self._reader, namer)
         cache = None
         if build_id:
             cache = os.path.join(cache_root(cache_dir), "funcs", f"{build_id}.v1")
@@ -93,6 +98,51 @@ class Lister:
         order."""
         return [p for fdef in self._finder.find(pattern, hint_addrs)
                 for p in self._points(fdef)]
+
+    def entry_points(self, pattern: str, hint_addrs: Sequence[int] = (),
+                     offset: int | None = None) -> list[StatementPoint]:
+        """Where a function probe with values goes in each function matching `pattern` (its
+        out-of-line code), with the variables there: `offset` bytes past the entry when given,
+        else after the prologue as SystemTap and gdb place ``function("f")`` / ``break f``:
+        at the entry of optimized code (its location lists are valid from the first
+        instruction), after the first line of unoptimized code (whose variables live in stack
+        slots the prologue fills): at the next statement row's address."""
+        out = []
+        for fdef in self._finder.find(pattern, hint_addrs):
+            for die in fdef.instances:
+                scope = self._instance(die)
+                if scope.kind is not ScopeKind.SUBPROGRAM or scope.entry_pc is None:
+                    continue
+                entry = scope.entry_pc
+                addr = entry + offset if offset is not None else self._after_prologue(fdef,
+                                                                                      scope)
+                chain = scope.chain_at(addr)
+                available, unavailable = variables_at(chain, addr)
+                out.append(StatementPoint(fdef.name, scope.decl_file or "", scope.decl_line or 0,
+                                          addr, (addr,), available, unavailable,
+                                          scope.frame_base, entry))
+        return out
+
+    def _after_prologue(self, fdef: FunctionDef, scope: Scope) -> int:
+        entry = scope.entry_pc
+        assert entry is not None
+        root = self.main.root(fdef.unit)
+        producer = self._reader.die(self.main, fdef.unit.die_offset).str_attr(AT_PRODUCER) or ""
+        if root.stmt_list is None or _optimized(producer):
+            return entry
+        rows = read_line_rows(self.main.sections, root.stmt_list, root.comp_dir, root.name)
+        end = next((e for s, e in scope.ranges if s <= entry < e), entry)
+        i = bisect.bisect_right(rows.addrs, entry)
+        while i < len(rows.addrs) and rows.addrs[i] < end:
+            if rows.is_stmt[i] and rows.file_idx[i] != NO_FILE:
+                return rows.addrs[i]
+            i += 1
+        return entry
+
+    def variable_type(self, var: Variable) -> CType:
+        """The C type of a variable listed by this lister, for reading its value."""
+        die = self._reader.die(self.main, var.die_offset)
+        return self.types.of(self._reader.integrated_ref(die, AT_TYPE))
 
     def _points(self, fdef: FunctionDef) -> list[StatementPoint]:
         reader = self._reader
@@ -136,6 +186,12 @@ class Lister:
     def _instance(self, die: Die) -> Scope:
         """The scope of the instance `die`, found in its subprogram's tree."""
         return next(s for s in self._holder(die).walk() if s.die_offset == die.offset)
+
+
+def _optimized(producer: str) -> bool:
+    """Whether a unit's ``DW_AT_producer`` (gcc records its options) says it was optimized."""
+    levels = re.findall(r"(?:^|\s)-O(\S*)", producer)
+    return bool(levels) and levels[-1] != "0"
 
 
 def _redundant(instance: Scope) -> bool:

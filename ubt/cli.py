@@ -34,6 +34,8 @@ EXAMPLES = """examples:
   nm -n prog | awk '{print $1}' | ubt symbolize -e prog
   ubt list /bin/ls 'getenv:*'        probe-able lines of getenv (libc) with their variables
   ubt list /bin/ls 'opendir*'        functions and their parameters
+  ubt process ./prog 'walk@prog.c:59' --print '$name $r->depth' -c ./prog
+                                     values at a line, read at every hit
 """
 
 
@@ -68,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--aggregate", action="store_true",
                     help="count identical stacks, print them sorted at the end")
     pr.add_argument("--format", choices=("text", "json", "folded"), default="text")
+    pr.add_argument("--print", dest="prints", action="append", default=[], metavar="EXPRS",
+                    help="values to print at each hit: $var, $var->field, $var.field, "
+                    "$var[N], $var$ (a struct one level deep), $$vars, $$locals, $$parms; "
+                    "FUNC may then be a line (FUNC@FILE:LINE)")
     pr.add_argument("--stack-size", type=_stack_size, default=32 * 1024, metavar="BYTES",
                     help="most stack bytes copied per hit (default 32K, at most 128K)")
     sy = sub.add_parser("symbolize", help="addresses to functions, inline chains and file:line")
@@ -114,7 +120,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     return process.run(process.ProcessOptions(
         binary=binary, probes=tuple(probes), command=args.cmd, pid=args.pid,
         max_hits=args.hits, duration=args.duration, aggregate=args.aggregate, fmt=args.format,
-        stack_size=args.stack_size))
+        stack_size=args.stack_size, prints=tuple(args.prints)))
 
 
 def cmd_stack(pid: int | None, fmt: str, load: str | None = None,

@@ -1,10 +1,11 @@
 """How `ubt process` prints hits: text like SystemTap's `print_ubacktrace()`, JSON, folded.
 
-- text: a header line per hit, then one line per frame,
+- text: a header line per hit (with the ``--print`` values as ``name=value``, as stap prints
+  ``$$vars``), then one line per frame,
   `` 0xPC : func+0xOFF/0xSIZE [module] (file:line)`` and ``(inlined)`` for inlined frames,
   as `print_ubacktrace()` prints them plus the source position;
 - JSON: one object per hit, `{"pid", "tid", "comm", "time", "probe", "frames", "stop_reason"}`
-  with frames as in `ubt stack`;
+  with frames as in `ubt stack`, and `"vars": {label: value as printed}` with ``--print``;
 - folded: `comm;outer;...;inner COUNT`, the input of flame-graph tools (aggregated).
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .trace import Frame, Hit, StackTrace
 def hit_text(hit: Hit) -> str:
     """One hit as text: header, frames, and a stop line when the walk ended early."""
     head = (f"{hit.probe} pid {hit.pid} tid {hit.tid} ({hit.comm}) "
-            f"at {hit.time_ns / 1e9:.6f}")
+            f"at {hit.time_ns / 1e9:.6f}" + "".join(f" {k}={v}" for k, v in hit.vars))
     return "\n".join([head, *trace_lines(hit.trace, hit.truncated)])
 
 
@@ -49,6 +50,8 @@ def hit_json(hit: Hit, count: int | None = None) -> str:
         "pid": hit.pid, "tid": hit.tid, "comm": hit.comm, "time": hit.time_ns / 1e9,
         "probe": hit.probe, "frames": [frame_json(f) for f in hit.trace.frames],
         "stop_reason": hit.trace.stop_reason.name.lower(), "truncated": hit.truncated}
+    if hit.vars:
+        doc["vars"] = dict(hit.vars)
     if count is not None:
         doc["count"] = count
     return json.dumps(doc)

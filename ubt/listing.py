@@ -60,7 +60,7 @@ def run(binary: str, spec_text: str | None, fmt: str) -> int:
         what = spec.pattern + (f"@{spec.file}" if spec.file else "")
         raise UbtError(f"no function {what!r} described in the debug info of {module}")
     if spec.lines is not None:
-        rows = _select(spec, rows)
+        rows = select_lines(spec, rows)
     word = "function" if spec.lines is None else "statement"
     render = _json if fmt == "json" else _text
     print("\n".join(render(shown, word, r) for r in rows), flush=True)
@@ -69,7 +69,7 @@ def run(binary: str, spec_text: str | None, fmt: str) -> int:
 
 def _compute(binary: str, pattern: str, kind: str) -> tuple[str, list[Row]]:
     """(module, rows) for `pattern` in the binary or the first library defining it."""
-    module, lister, addrs = _locate(binary, pattern)
+    module, lister, addrs = locate(binary, pattern)
     if kind == "functions":
         return module, [(f.name, f.file, f.line, f.entry, _vars(f.parameters))
                         for f in lister.functions(pattern, addrs)]
@@ -81,24 +81,24 @@ def _vars(variables: Sequence[Variable]) -> tuple[tuple[str, str], ...]:
     return tuple((v.name, v.type_name) for v in variables)
 
 
-def _locate(binary: str, pattern: str) -> tuple[str, Lister, list[int]]:
+def locate(binary: str, pattern: str) -> tuple[str, Lister, list[int]]:
     """The module defining `pattern` (the binary or a library), its lister and the ELF
     addresses of its matching symbols."""
     modules = [binary, *libraries(binary)]
     for module in modules:
         symbols = symbols_matching(module, pattern)
         if symbols:
-            lister = _lister(module, required=True)
+            lister = lister_for(module, required=True)
             assert lister is not None
             return module, lister, [s.addr for s in symbols]
     for module in modules:                  # no symbol: an inline-only function?
-        lister = _lister(module, required=False)
+        lister = lister_for(module, required=False)
         if lister is not None and lister.functions(pattern):
             return module, lister, []
     raise UbtError(not_found(binary, pattern))
 
 
-def _lister(module: str, required: bool) -> Lister | None:
+def lister_for(module: str, required: bool) -> Lister | None:
     """The lister over `module`'s debug info; without debug info a `UbtError` naming the
     build-id when `required`, else None."""
     from symbolizer.dwarf_sections import DwarfError
@@ -124,7 +124,7 @@ def _lister(module: str, required: bool) -> Lister | None:
         raise UbtError(f"{files.debug_path}: cannot read its DWARF: {e}") from None
 
 
-def _select(spec: ListSpec, rows: list[Row]) -> list[Row]:
+def select_lines(spec: ListSpec, rows: list[Row]) -> list[Row]:
     """The rows in `spec`'s line range; a line (or range) without code is an error naming the
     nearest probe-able lines."""
     assert spec.lines is not None

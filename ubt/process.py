@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from bpf_progs.capture import ProbePoint, RawHit, StackCapture
+from bpf_progs.capture import ProbePoint, ProbeValues, RawHit, StackCapture
 from bpf_progs.bpfsys import BpfError
 from bpf_progs.uprobe_link import AttachError
 from unwind.unwinder import StopReason
 
-from . import hit_render
+from . import hit_render, var_probes
 from .bcc_env import kernel_cflags, prepare
 from .errors import UbtError
 from .launcher import Launcher
@@ -36,7 +36,10 @@ from .probes import AttachPoint, resolve_binary, resolve_probes
 from .probespec import parse_probe
 from .snapshot import Snapshot
 from .trace import Hit
+from .var_plan import values_at
 
+#: A hit's `--print` values as (label, printed value).
+Values = Callable[[RawHit], tuple[tuple[str, str], ...]]
 #: Records per queue item: one queue operation (two lock round trips) per batch, not per record.
 BATCH = 64
 
@@ -54,6 +57,7 @@ class ProcessOptions:
     aggregate: bool = False
     fmt: str = "text"
     stack_size: int = 32 * 1024
+    prints: tuple[str, ...] = ()
 
 
 class _Stats:
@@ -70,7 +74,15 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
     """Trace until the hit limit, the duration, the command's exit or Ctrl-C; 0 on success."""
     prepare("ubt process")
     binary = resolve_binary(opts.binary)
-    points = resolve_probes(binary, [parse_probe(p) for p in opts.probes])
+    values: Values | None = None
+    wanted: ProbeValues | None = None
+    if opts.prints:             # probes with values: lines or after prologues (var_probes)
+        value_probes, wanted = var_probes.resolve_all(binary, opts.probes, opts.prints)
+        points = [vp.point for vp in value_probes]
+        plans = [vp.plan for vp in value_probes]
+        values = lambda raw: tuple(values_at(plans[raw.probe_id], raw.vars, raw.regs, raw.stack))
+    else:
+        points = resolve_probes(binary, [parse_probe(p) for p in opts.probes])
     tracker = MapsTracker()
     launcher = Launcher(opts.command, tracker) if opts.command else None
     pid_filter = launcher.pid if launcher else opts.pid
@@ -103,7 +115,8 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
 
     probe_points = [ProbePoint(p.path, p.elf_addr, p.is_return, p.label) for p in points]
     try:
-        capture = StackCapture(probe_points, pid_filter, opts.stack_size, on_hit, kernel_cflags)
+        capture = StackCapture(probe_points, pid_filter, opts.stack_size, on_hit, kernel_cflags,
+                               values=wanted)
     except BaseException as e:
         if launcher:
             launcher.kill()
@@ -121,7 +134,7 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
         if launcher:
             launcher.on_new_process = capture.add_process  # the command's children too
             launcher.release()
-        _trace(opts, capture, records, flush, tracker, launcher, stats, out, stop)
+        _trace(opts, capture, records, flush, tracker, launcher, stats, out, stop, values)
     finally:
         capture.close()
         if launcher:
@@ -143,8 +156,9 @@ def _start_line(points: list[AttachPoint], binary: str, opts: ProcessOptions) ->
 
 
 def _trace(opts: ProcessOptions, capture: StackCapture,
-           records: queue.Queue[list[RawHit] | None], flush: Callable[..., None], tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO,
-           stop: threading.Event) -> None:
+           records: queue.Queue[list[RawHit] | None], flush: Callable[..., None],
+           tracker: MapsTracker, launcher: Launcher | None, stats: _Stats, out: TextIO,
+           stop: threading.Event, values: Values | None = None) -> None:
     if launcher is not None:
         alive: Callable[[], bool] = lambda: launcher.running
     elif opts.pid is not None:
@@ -184,7 +198,8 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
                 if interrupted.is_set() or (opts.max_hits is not None
                                             and stats.hits >= opts.max_hits):
                     break
-                _walk(raw, opts, capture, tracker, pipeline, stats, counts, examples, out)
+                _walk(raw, opts, capture, tracker, pipeline, stats, counts, examples, out,
+                      values)
     except KeyboardInterrupt:
         pass  # the second Ctrl-C
     finally:
@@ -196,9 +211,9 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
 
 def _walk(raw: RawHit, opts: ProcessOptions, capture: StackCapture, tracker: MapsTracker,
           pipeline: Pipeline, stats: _Stats, counts: Counter[str], examples: dict[str, Hit],
-          out: TextIO) -> None:
+          out: TextIO, values: Values | None = None) -> None:
     """Unwind and symbolize one record; count it (aggregate, folded) or print it."""
-    hit = _resolve(raw, tracker, pipeline, capture, stats)
+    hit = _resolve(raw, tracker, pipeline, capture, stats, values)
     if hit is None:
         return
     stats.hits += 1
@@ -247,7 +262,7 @@ def _put(records: queue.Queue[list[RawHit] | None], item: list[RawHit] | None,
 
 
 def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: StackCapture,
-             stats: _Stats) -> Hit | None:
+             stats: _Stats, values: Values | None = None) -> Hit | None:
     maps = tracker.for_hit(raw.pid, raw.regs_pc)
     if maps is None:
         stats.no_maps += 1
@@ -269,7 +284,7 @@ def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: Sta
         stats.incomplete += 1
     capture.learn(raw.probe_id, trace.stack_used, trace.complete, raw.truncated)
     return Hit(raw.pid, raw.tid, raw.comm, raw.time_ns, capture.probes[raw.probe_id].label,
-               trace, truncated)
+               trace, truncated, values(raw) if values is not None else ())
 
 
 def _stack_key(hit: Hit) -> str:

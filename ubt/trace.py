@@ -67,6 +67,7 @@ class Hit:
 
     :param time_ns: BPF ktime (CLOCK_MONOTONIC) of the hit.
     :param truncated: the stack copy was cut by the size cap before the walk was done.
+    :param vars: the probe's ``--print`` values as (label, printed value).
     """
 
     pid: int
@@ -76,3 +77,4 @@ class Hit:
     probe: str
     trace: StackTrace
     truncated: bool = False
+    vars: tuple[tuple[str, str], ...] = ()

@@ -98,7 +98,8 @@ def test_libc_functions_match_perf(function: str) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_cli_json_is_the_listing(fixture_build: Any, ubt: Any) -> None:
+def test_cli_json_is_the_listing(fixture_build: Any, ubt: Any,
+                                 line_markers: dict[str, tuple[str, int]]) -> None:
     """The CLI prints what the library lists (JSON fields, stap-style text, the cache)."""
     path = str(fixture_build.program_path("vars", "O2-nofp"))
     lister, _ = _lister(path)
@@ -112,6 +113,7 @@ def test_cli_json_is_the_listing(fixture_build: Any, ubt: Any) -> None:
         assert [(g["line"], g["address"], [(v["name"], v["type"]) for v in g["vars"]])
                 for g in got] == want, attempt
         assert all(g["function"] == "fx_walk" and g["file"].endswith("/vars.c") for g in got)
-    text = ubt.run("list", f'process("{path}").statement("fx_walk@vars.c:64")').stdout
+    line = line_markers["walk_shadow"][1]
+    text = ubt.run("list", f'process("{path}").statement("fx_walk@vars.c:{line}")').stdout
     assert text.startswith(f'process("{path}").statement("fx_walk@')
     assert text.rstrip().endswith("$head:struct fx_record* const")

@@ -9,7 +9,8 @@ The configuration (``$UBT_GDB_CFG``, JSON)::
 
     {"out": PATH, "max_stops": N, "args": "-l /" (shell-quoted), "stdout": "/dev/null" (or null),
      "breaks": [{"label": "opendir", "path": "/usr/lib/.../libc.so.6", "elf_addr": 851600,
-                 "min_vaddr": 0}, ...]}
+                 "min_vaddr": 0}, ...],
+     "prints": ["name", "r->depth"]}     (optional: gdb's `print` of each at every stop)
 
 Method: ``starti`` (through the shell, as ``ubt process -c`` runs ``sh -c 'exec CMD'``; gdb
 starts following the program at its exec), run to the dynamic loader's first shared-library event
@@ -25,7 +26,8 @@ process is gone). Signals pass through without stopping (``handle all nostop nop
 
 Output (``out``)::
 
-    {"stops": [{"label", "tid", "thread_name", "frames": [FRAME...], "stop", "maps": K}],
+    {"stops": [{"label", "tid", "thread_name", "frames": [FRAME...], "stop", "maps": K,
+                "values": {EXPR: what `print EXPR` shows, "<optimized out>", "<error: ...>"}}],
      "maps": [MAPS_TEXT, ...], "exit_code": int | null}
 """
 import json
@@ -58,6 +60,15 @@ def _load_base(pid, path):
     raise RuntimeError(f"{path} is not mapped in {pid} at the program's entry")
 
 
+def _print(expr):
+    """What gdb's `print EXPR` shows in the newest frame (without the `$N = `)."""
+    gdb.newest_frame().select()
+    try:
+        return gdb.execute(f"output {expr}", to_string=True).strip()
+    except gdb.error as e:
+        return f"<error: {e}>"
+
+
 class _Recorder:
     def __init__(self):
         self.last = None
@@ -78,6 +89,7 @@ def main():
     # the inferior's environment as ubt's child gets it: gdb adds LINES and COLUMNS
     gdb.execute("unset environment LINES")
     gdb.execute("unset environment COLUMNS")
+    gdb.execute("unset environment UBT_GDB_CFG")   # this script's own setting
     rec = _Recorder()
     gdb.events.stop.connect(rec.on_stop)
     gdb.events.exited.connect(rec.on_exit)
@@ -119,7 +131,8 @@ def main():
         th = gdb.selected_thread()
         frames, stop = gdb_backtrace.walk()
         stops.append({"label": hit[0], "tid": th.ptid[1], "thread_name": th.name,
-                      "frames": frames, "stop": stop, "maps": len(maps_seen) - 1})
+                      "frames": frames, "stop": stop, "maps": len(maps_seen) - 1,
+                      "values": {e: _print(e) for e in cfg.get("prints", ())}})
     if inferior.pid:
         gdb.execute("kill")
     with open(cfg["out"], "w") as out:

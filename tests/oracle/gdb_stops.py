@@ -47,6 +47,7 @@ class GdbStop:
     label: str
     thread: GdbThread
     biases: dict[str, int]  # module path -> load bias, at this stop
+    values: dict[str, str] = dataclasses.field(default_factory=dict)  # `print EXPR` there
 
     @property
     def tid(self) -> int:
@@ -107,11 +108,12 @@ def _biases(maps: list[tuple[int, int, int, str]]) -> dict[str, int]:
 def gdb_stops(argv: Sequence[str], breaks: Sequence[Break], max_stops: int,
               timeout: float = GDB_TIMEOUT, env: dict[str, str] | None = None,
               cwd: str | None = None, stdout: str | None = "/dev/null",
-              debug_dirs: Sequence[str] = ()) -> GdbRun:
+              debug_dirs: Sequence[str] = (), prints: Sequence[str] = ()) -> GdbRun:
     """Run ``argv`` under gdb (started through /bin/sh, like ``ubt process -c``) with a
     breakpoint at each of `breaks`; the first `max_stops` stops, then the program is killed.
     The program's stdout goes to `stdout` (``ubt process -c 'CMD >/dev/null'`` is the match);
-    `debug_dirs` are searched for debug files by build-id before ``/usr/lib/debug``.
+    `debug_dirs` are searched for debug files by build-id before ``/usr/lib/debug``; each of
+    `prints` is printed (gdb's ``output EXPR``) at every stop, into `GdbStop.values`.
 
     :raises GdbError: gdb failed or wrote nothing (its stderr is in the message).
     """
@@ -122,7 +124,8 @@ def gdb_stops(argv: Sequence[str], breaks: Sequence[Break], max_stops: int,
             json.dump({"out": out_path, "max_stops": max_stops, "stdout": stdout,
                        "args": " ".join(shlex.quote(a) for a in argv[1:]),
                        "breaks": [{"label": b.label, "path": b.path, "elf_addr": b.elf_addr,
-                                   "min_vaddr": min_vaddr(b.path)} for b in breaks]}, f)
+                                   "min_vaddr": min_vaddr(b.path)} for b in breaks],
+                       "prints": list(prints)}, f)
         run_env = dict(env if env is not None else os.environ)
         run_env.update(UBT_GDB_CFG=cfg_path, SHELL="/bin/sh")
         run_env.pop("DEBUGINFOD_URLS", None)
@@ -150,7 +153,7 @@ def gdb_stops(argv: Sequence[str], breaks: Sequence[Break], max_stops: int,
                                 line=f["line"], module=_module_of(m, f["pc"]))
                        for f in s["frames"])
         stops.append(GdbStop(s["label"], GdbThread(s["tid"], s["thread_name"], frames, s["stop"]),
-                             biases[s["maps"]]))
+                             biases[s["maps"]], s.get("values", {})))
     return GdbRun(stops, doc.get("exit_code"))
 
 
