@@ -10,7 +10,6 @@ reports of a live process; at the end of a process that exited, everything it le
 """
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -143,7 +142,7 @@ def _loop(opts: LeakOptions, capture: LeakCapture, learner: Learner, launcher: L
     try:
         while not interrupted.is_set():
             capture.poll(100)
-            alive = launcher.running if launcher else os.path.exists(f"/proc/{learner.pid}")
+            alive = launcher.running if launcher else _alive(learner.pid)
             if not alive:
                 while capture.poll(0):
                     pass
@@ -161,6 +160,16 @@ def _loop(opts: LeakOptions, capture: LeakCapture, learner: Learner, launcher: L
         _report(opts, capture, learner, launcher, allocators, out, at_exit=False)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for its parent has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
