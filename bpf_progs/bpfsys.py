@@ -22,6 +22,7 @@ MAP_UPDATE_ELEM = 2
 PROG_LOAD = 5
 OBJ_GET_INFO_BY_FD = 15
 LINK_CREATE = 28
+MAP_LOOKUP_BATCH = 24
 
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_RINGBUF = 27
@@ -105,6 +106,41 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
             return None
         raise
     return v.raw
+
+
+def map_lookup_batch(fd: int, key_size: int, value_size: int,
+                     chunk: int = 65536) -> tuple[bytes, bytes, int]:
+    """Every element of a hash map, `chunk` at a time (BPF_MAP_LOOKUP_BATCH: one system call
+    per chunk instead of two per element). Returns (keys, values, count): the keys and the
+    values packed back to back. Elements added or removed meanwhile may be missed or seen."""
+    keys = ctypes.create_string_buffer(key_size * chunk)
+    values = ctypes.create_string_buffer(value_size * chunk)
+    token_in = ctypes.create_string_buffer(8)
+    token_out = ctypes.create_string_buffer(8)
+    key_parts: list[bytes] = []
+    value_parts: list[bytes] = []
+    total = 0
+    first = True
+    while True:
+        attr = bytearray(_ATTR_SIZE)
+        struct.pack_into("<QQQQIIQQ", attr, 0, 0 if first else ctypes.addressof(token_in),
+                         ctypes.addressof(token_out), ctypes.addressof(keys),
+                         ctypes.addressof(values), chunk, fd, 0, 0)
+        done = False
+        try:
+            bpf(MAP_LOOKUP_BATCH, attr)
+        except BpfError as e:
+            if e.errno != 2:  # ENOENT: this was the last chunk
+                raise
+            done = True
+        (got,) = struct.unpack_from("<I", attr, 32)  # the kernel writes back how many
+        key_parts.append(keys.raw[:got * key_size])
+        value_parts.append(values.raw[:got * value_size])
+        total += got
+        if done:
+            return b"".join(key_parts), b"".join(value_parts), total
+        ctypes.memmove(token_in, token_out, 8)
+        first = False
 
 
 def prog_load(insns: bytes, license: str, prog_type: int, expected_attach_type: int,

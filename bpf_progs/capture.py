@@ -33,16 +33,16 @@ _MARGIN = 1024
 #: Ring buffer size (32 MB): ~4,000 records of 8 KB, so a burst from a short program fits.
 _RINGBUF_PAGES = 8192
 # struct pt_regs field order (arch/x86/include/uapi/asm/ptrace.h) → user_regs_struct names
-_PT_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+PT_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
             "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss")
 
 
 # struct hit_head: time_ns, pid, tid, probe, stack_len, flags, pad, comm[16], struct pt_regs
-_HEAD = struct.Struct(f"<QIIIII4x16s{len(_PT_REGS)}Q")
+_HEAD = struct.Struct(f"<QIIIII4x16s{len(PT_REGS)}Q")
 # DWARF numbers of the pt_regs fields that have one (not orig_rax), and a getter of their
 # values from the unpacked header (fields from index 7 on)
-_REG_NUMBERS = tuple(USER_REGS_FIELDS[name] for name in _PT_REGS if name in USER_REGS_FIELDS)
-_reg_values = itemgetter(*(7 + i for i, name in enumerate(_PT_REGS) if name in USER_REGS_FIELDS))
+_REG_NUMBERS = tuple(USER_REGS_FIELDS[name] for name in PT_REGS if name in USER_REGS_FIELDS)
+_reg_values = itemgetter(*(7 + i for i, name in enumerate(PT_REGS) if name in USER_REGS_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,16 @@ class RawHit(NamedTuple):
     def regs_pc(self) -> int:
         """The instruction pointer at the hit."""
         return self.regs[16]
+
+
+def detach(links: list[UprobeMultiLink], ring: RingBuffer | None) -> None:
+    """Remove the uprobes first (no new records), then unmap the ring buffer; `links` is
+    emptied, so a second call does nothing."""
+    for link in links:
+        link.close()
+    links.clear()
+    if ring is not None:
+        ring.close()
 
 
 class StackCapture:
@@ -202,12 +212,8 @@ class StackCapture:
     def close(self) -> None:
         """Detach every uprobe and free the program and its maps (safe to call twice)."""
         with self._lock:
-            for link in self._links:
-                link.close()
-            self._links.clear()
-            if self._ring is not None:
-                self._ring.close()
-                self._ring = None
+            detach(self._links, self._ring)
+            self._ring = None
             if self._prog is not None:
                 self._lost_at_close = self.lost
                 self._prog.close()

@@ -13,7 +13,9 @@ from __future__ import annotations
 import glob
 import os
 import subprocess
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 from .errors import UbtError
 
@@ -58,3 +60,28 @@ def prepare(what: str) -> None:
     program has to be compiled: a cached one loads without them."""
     require_root(what)
     ensure_tracefs()
+
+
+
+T = TypeVar("T")
+
+
+def load_capture(make: Callable[[], T], cleanup: Callable[[], None]) -> T:
+    """`make()` (load a BPF program, attach its uprobes); on failure `cleanup()` runs and a
+    load or attach error becomes one line (a `UbtError`), anything else is raised as it is."""
+    from bpf_progs.bpfsys import BpfError
+    from bpf_progs.uprobe_link import AttachError
+
+    try:
+        return make()
+    except BaseException as e:
+        cleanup()
+        if isinstance(e, AttachError):
+            raise UbtError(f"cannot attach: {e.strerror} (another tracer holding a probe at "
+                           "the same address makes the kernel refuse)") from None
+        if isinstance(e, BpfError):
+            raise UbtError(f"BPF program could not be loaded: {e.strerror}") from None
+        if isinstance(e, Exception) and not isinstance(e, UbtError):
+            raise UbtError(f"BPF program could not be loaded: {str(e).splitlines()[0]}") \
+                from None
+        raise

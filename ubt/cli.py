@@ -92,7 +92,48 @@ def _parser() -> argparse.ArgumentParser:
                     help="without a line part: the functions and their parameters")
     ls.add_argument("--format", choices=("text", "json"), default="text")
     debuginfod_cmd.add_parser(sub)
+    _leak_parser(sub)
     return p
+
+
+def _leak_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lk = sub.add_parser("leak", help="outstanding allocations (or fds) by stack, full stacks "
+                        "at BPF cost", description="Track allocations in the kernel, drop them "
+                        "at free, and report what is left by stack (DWARF-unwound).")
+    who = lk.add_mutually_exclusive_group(required=True)
+    who.add_argument("-c", "--command", dest="cmd", metavar="CMD",
+                     help="run CMD and trace it from its first instruction")
+    who.add_argument("-p", "--pid", type=int, help="trace this running process")
+    lk.add_argument("interval", nargs="?", type=float, help="report every INTERVAL seconds")
+    lk.add_argument("count", nargs="?", type=int, help="stop after COUNT reports")
+    lk.add_argument("--older", type=int, default=500, metavar="MS", help="hide allocations "
+                    "younger than MS in reports of a live process (default 500)")
+    lk.add_argument("-z", "--min-size", type=int, default=0, metavar="BYTES")
+    lk.add_argument("-Z", "--max-size", type=int, default=0, metavar="BYTES")
+    lk.add_argument("--top", type=int, default=10, metavar="N", help="stacks shown (10)")
+    lk.add_argument("--sort", choices=("bytes", "count"), default="bytes")
+    lk.add_argument("--sample-rate", type=int, default=1, metavar="N",
+                    help="track one allocation in N, at random")
+    lk.add_argument("-O", "--obj", default="libc.so.6", metavar="LIB",
+                    help="the allocator library (default libc.so.6)")
+    lk.add_argument("--alloc", action="append", default=[], metavar="LIB:FUNC[:SIZEARG]",
+                    help="an allocator function (size argument number, default 1)")
+    lk.add_argument("--free", action="append", default=[], metavar="LIB:FUNC[:ADDRARG]",
+                    help="its free function (address argument number, default 1)")
+    lk.add_argument("--fd", action="store_true", help="file descriptors (open, socket, "
+                    "dup, pipe... -> close) instead of memory")
+    lk.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def cmd_leak(args: argparse.Namespace) -> int:
+    """`ubt leak`: the options as parsed, to the leak tracer (imported only for it)."""
+    from . import leak
+
+    return leak.run(leak.LeakOptions(
+        command=args.cmd, pid=args.pid, interval=args.interval, count=args.count,
+        older_ms=args.older, min_size=args.min_size, max_size=args.max_size, top=args.top,
+        sort=args.sort, sample_rate=max(1, args.sample_rate), lib=args.obj,
+        allocs=tuple(args.alloc), frees=tuple(args.free), fd=args.fd, fmt=args.format))
 
 
 def _stack_size(text: str) -> int:
@@ -216,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_stack(args.pid, args.format, args.load, args.save)
         if args.command == "process":
             return cmd_process(args)
+        if args.command == "leak":
+            return cmd_leak(args)
         if args.command == "debuginfod":
             return debuginfod_cmd.run(args)
         if args.command == "list":

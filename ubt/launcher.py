@@ -186,6 +186,15 @@ class Launcher:
             return False
         return not (self._wrapped and image == _SHELL)
 
+    @property
+    def command_since_ns(self) -> int | None:
+        """When the child began running CMD itself (CLOCK_MONOTONIC ns of that exec, past an
+        `sh -c` wrapper); None while it has not."""
+        for when, exe in self._execs:
+            if not (self._wrapped and exe == _SHELL):
+                return when
+        return None
+
     def release(self) -> None:
         """Let the command exec and run (call once the probes are attached)."""
         os.write(self._gate_w, b"x")

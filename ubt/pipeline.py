@@ -61,11 +61,16 @@ class Pipeline:
     def unwind(self, snap: Snapshot) -> tuple[ModuleSet, tuple[RawFrame, ...], StopReason]:
         """Walk the snapshot's stack; frames carry absolute pcs only."""
         modules = self.modules(snap)
+        result = self.unwinder(snap).unwind(snap.regs, snap.stack)
+        return modules, result.frames, result.stop_reason
+
+    def unwinder(self, snap: Snapshot) -> Unwinder:
+        """The unwinder for the snapshot's memory map (one per distinct map, cached); its
+        `lookup` gives the table and bias of a pc's module (`ubt leak` reads rules with it)."""
         unwinder = self._unwinders.get(snap.maps_text)
         if unwinder is None:
-            unwinder = self._unwinders[snap.maps_text] = self._unwinder(modules)
-        result = unwinder.unwind(snap.regs, snap.stack)
-        return modules, result.frames, result.stop_reason
+            unwinder = self._unwinders[snap.maps_text] = self._unwinder(self.modules(snap))
+        return unwinder
 
     def _unwinder(self, modules: ModuleSet) -> Unwinder:
         """An unwinder for one memory map, its table per module looked up once."""

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from bpf_progs.capture import ProbePoint, ProbeValues, RawHit, StackCapture
-from bpf_progs.bpfsys import BpfError
-from bpf_progs.uprobe_link import AttachError
 from unwind.unwinder import StopReason
 
 from . import hit_render, var_probes
-from .bcc_env import kernel_cflags, prepare
+from .bcc_env import kernel_cflags, load_capture, prepare
 from .errors import UbtError
 from .launcher import Launcher
 from .maps_tracker import MapsTracker
@@ -114,20 +112,9 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
             batch.clear()
 
     probe_points = [ProbePoint(p.path, p.elf_addr, p.is_return, p.label) for p in points]
-    try:
-        capture = StackCapture(probe_points, pid_filter, opts.stack_size, on_hit, kernel_cflags,
-                               values=wanted)
-    except BaseException as e:
-        if launcher:
-            launcher.kill()
-        if isinstance(e, AttachError):
-            raise UbtError(f"cannot attach: {e.strerror} (another tracer holding a probe at the "
-                           "same address makes the kernel refuse)") from None
-        if isinstance(e, BpfError):
-            raise UbtError(f"BPF program could not be loaded: {e.strerror}") from None
-        if isinstance(e, Exception) and not isinstance(e, UbtError):
-            raise UbtError(f"BPF program could not be loaded: {str(e).splitlines()[0]}") from None
-        raise
+    capture = load_capture(lambda: StackCapture(probe_points, pid_filter, opts.stack_size,
+                                                on_hit, kernel_cflags, values=wanted),
+                           launcher.kill if launcher else lambda: None)
     stats = _Stats()
     try:
         _start_line(points, binary, opts)

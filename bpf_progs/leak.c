@@ -1,0 +1,313 @@
+// ubt leak: live allocations tracked in the kernel, their stacks walked there with CFI rules
+// learnt in user space.
+//
+// One program serves every probe (uprobe_multi links; bpf_get_attach_cookie() says what the
+// probe is, see the COOKIE layout below):
+// - allocator entry: the size (and realloc's old pointer, posix_memalign's out pointer) kept
+//   per thread in `inflight`; a call made from inside another allocator call of the same
+//   thread (realloc(NULL, n) calls malloc, malloc calls mmap) is only counted, not tracked;
+// - allocator return: the address (return value, or read through the out pointer); the stack
+//   is walked from the caller's registers, which the return restored: every frame is a return
+//   address, and `rules` (return address -> how to find its caller) says how to step. When
+//   every pc has a rule, the pcs are hashed into a stack id and kept in `stacks`: no user-space
+//   work at all. When one has none (a path not seen yet) or one that cannot be expressed
+//   (`R_UNREP`), the registers and stack bytes go to the ring buffer `snaps` and the allocation
+//   gets a pending id (PENDING | sequence number): user space unwinds that snapshot with the
+//   DWARF unwinder, resolves the pending id, and writes the rules of every frame it walked;
+// - free entry: the address is dropped from `allocs`.
+// The hash (FNV-1a over the allocator index and the pcs) is computed the same way in Python
+// (ubt/leak_rules.py), so a stack walked in user space and in the kernel gets the same id.
+
+#include <uapi/linux/ptrace.h>
+
+#define MAX_FRAMES 64
+#define PAGE 4096
+#define SNAP_STACK 24576             // stack bytes per snapshot (the scratch stays < 32 KB)
+#define PENDING (1ULL << 63)
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+#define barrier_var(var) asm volatile("" : "+r"(var))
+
+// COOKIE: bits 0-7 allocator index (its frame 0); bit 8 return probe; 3-bit argument numbers
+// (7: none) at 9 size, 12 size multiplier, 15 old pointer, 18 out pointer; bit 21 free (the
+// address is argument `size`); bit 22 fd mode (32-bit keys; an out pointer holds two ints);
+// bit 23 size rounded up to pages (pvalloc).
+#define C_RETURN (1ULL << 8)
+#define C_FREE (1ULL << 21)
+#define C_FD (1ULL << 22)
+#define C_PAGES (1ULL << 23)
+#define ARG(cookie, shift) (((cookie) >> (shift)) & 7)
+#define NO_ARG 7
+
+// rule flags
+#define R_RBP_CFA 1     // CFA = rbp + off (else rsp + off)
+#define R_RBP_SAVED 2   // the caller's rbp is at CFA + rbp_off (else rbp is unchanged)
+#define R_END 4         // outermost frame: the return address is undefined
+#define R_UNREP 8       // CFI this walk cannot follow: always send a snapshot
+
+// stack flags
+#define S_DEEP 1        // cut at MAX_FRAMES
+
+// snapshot flags
+#define SNAP_TRUNCATED 1
+
+enum counter { N_SNAPSHOTS, N_LOST, N_ALLOCS_FULL, N_STACKS_FULL, N_DEEP, N_WARM, N_NESTED,
+               N_COUNTERS };
+
+struct alloc_info { u64 size; u64 time_ns; u64 stack_id; };
+struct inflight { u64 size; u64 old; u64 out; u64 sp; u32 depth; u32 pad; };
+struct rule { s32 cfa_off; s16 rbp_off; u8 flags; u8 pad; };
+struct stack { u32 alloc; u16 depth; u16 flags; u64 pcs[MAX_FRAMES]; };
+struct snap_head {
+    u64 time_ns;
+    u64 seq;
+    u32 pid;
+    u32 tid;
+    u32 alloc;
+    u32 stack_len;
+    u32 flags;
+    u32 pad;
+    struct pt_regs regs;
+};
+struct snap { struct snap_head head; u8 stack[SNAP_STACK + PAGE]; /* spare page: loop bound */ };
+
+// Sizes are placeholders where the loader sets them (allocs, snaps).
+BPF_HASH(allocs, u64, struct alloc_info, 1024);
+BPF_HASH(inflight, u32, struct inflight, 16384);
+BPF_HASH(rules, u64, struct rule, 65536);
+BPF_F_TABLE("hash", u64, struct stack, stacks, 16384, BPF_F_NO_PREALLOC);
+BPF_RINGBUF_OUTPUT(snaps, 1);
+BPF_PERCPU_ARRAY(stack_buf, struct stack, 1);
+BPF_PERCPU_ARRAY(snap_buf, struct snap, 1);
+BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
+BPF_ARRAY(config, u64, 3);         // min size, max size, sample every N
+BPF_ARRAY(seqs, u64, 1);
+
+static __always_inline void count(int which)
+{
+    u64 *n = counters.lookup(&which);
+    if (n)
+        *n += 1;
+}
+
+// Argument `n` of a function call. The six are loaded at fixed offsets first (the barriers
+// stop clang from turning the choice into a computed ctx offset, which the verifier refuses).
+static __always_inline u64 arg(struct pt_regs *ctx, u64 n)
+{
+    u64 a0 = ctx->di, a1 = ctx->si, a2 = ctx->dx, a3 = ctx->cx, a4 = ctx->r8, a5 = ctx->r9;
+    barrier_var(a0);
+    barrier_var(a1);
+    barrier_var(a2);
+    barrier_var(a3);
+    barrier_var(a4);
+    barrier_var(a5);
+    return n == 0 ? a0 : n == 1 ? a1 : n == 2 ? a2 : n == 3 ? a3 : n == 4 ? a4 : n == 5 ? a5 : 0;
+}
+
+static __always_inline u64 get_config(int which)
+{
+    u64 *v = config.lookup(&which);
+    return v ? *v : 0;
+}
+
+static __always_inline int on_entry(struct pt_regs *ctx, u64 cookie)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight *f = inflight.lookup(&tid);
+    if (f && ctx->sp < f->sp) {   // deeper than an allocator call in progress: its own
+        f->depth++;
+        count(N_NESTED);
+        return 0;
+    }
+    struct inflight in = {};
+    u64 size = ARG(cookie, 9) == NO_ARG ? 1 : arg(ctx, ARG(cookie, 9));
+    if (ARG(cookie, 12) != NO_ARG)
+        size *= arg(ctx, ARG(cookie, 12));
+    if (cookie & C_PAGES)
+        size = (size + PAGE - 1) & ~(u64)(PAGE - 1);
+    in.size = size;
+    in.old = ARG(cookie, 15) == NO_ARG ? 0 : arg(ctx, ARG(cookie, 15));
+    in.out = ARG(cookie, 18) == NO_ARG ? 0 : arg(ctx, ARG(cookie, 18));
+    in.sp = ctx->sp;
+    in.depth = 1;
+    inflight.update(&tid, &in);
+    return 0;
+}
+
+static __always_inline int on_free(struct pt_regs *ctx, u64 cookie)
+{
+    u64 addr = arg(ctx, ARG(cookie, 9));
+    if (cookie & C_FD)
+        addr = (u32)addr;
+    allocs.delete(&addr);
+    return 0;
+}
+
+// Walk from the caller's registers with the learnt rules. Returns 0 when every frame had a
+// rule (s->depth pcs, *id their hash), 1 when user space must unwind a snapshot.
+static __always_inline int walk(struct pt_regs *ctx, struct stack *s, u64 *id)
+{
+    u64 pc = ctx->ip, sp = ctx->sp, rbp = ctx->bp;
+    u64 h = FNV_OFFSET ^ s->alloc;
+    int done = 0;
+    s->depth = 0;
+    s->flags = 0;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < MAX_FRAMES; i++) {
+        s->pcs[i] = pc;
+        s->depth = i + 1;
+        h = (h ^ pc) * FNV_PRIME;
+        struct rule *r = rules.lookup(&pc);
+        if (!r || (r->flags & R_UNREP))
+            return 1;
+        if (r->flags & R_END) {
+            done = 1;
+            break;
+        }
+        u64 cfa = ((r->flags & R_RBP_CFA) ? rbp : sp) + (s64)r->cfa_off;
+        if (bpf_probe_read_user(&pc, sizeof(pc), (void *)(cfa - 8)) != 0)
+            return 1;
+        if ((r->flags & R_RBP_SAVED) &&
+            bpf_probe_read_user(&rbp, sizeof(rbp), (void *)(cfa + (s64)r->rbp_off)) != 0)
+            return 1;
+        sp = cfa;
+        if (pc == 0) {
+            done = 1;
+            break;
+        }
+    }
+    if (!done) {
+        s->flags = S_DEEP;
+        count(N_DEEP);
+    }
+    h ^= s->flags;
+    *id = (h & ~PENDING) | 1;
+    return 0;
+}
+
+// Registers and stack bytes for user space (page-aligned chunks: a failing chunk is the end
+// of the stack). Returns the pending stack id the allocation is recorded with.
+static __always_inline u64 emit_snapshot(struct pt_regs *ctx, u32 alloc)
+{
+    int zero = 0;
+    u64 *next = seqs.lookup(&zero);
+    struct snap *s = snap_buf.lookup(&zero);
+    if (!next || !s)
+        return 0;
+    u64 seq = __sync_fetch_and_add(next, 1) + 1;
+    u64 copied = 0, addr = ctx->sp;
+    u32 flags = SNAP_TRUNCATED;
+    for (int i = 0; i < SNAP_STACK / PAGE + 1; i++) {
+        if (copied >= SNAP_STACK)
+            break;
+        u64 len = PAGE - (addr & (PAGE - 1));
+        if (len > SNAP_STACK - copied)
+            len = SNAP_STACK - copied;
+        barrier_var(copied);
+        barrier_var(len);
+        if (copied > SNAP_STACK || len == 0 || len > PAGE)
+            break;
+        if (bpf_probe_read_user(s->stack + copied, len, (void *)addr) != 0) {
+            flags = 0;
+            break;
+        }
+        copied += len;
+        addr += len;
+    }
+    u64 id = bpf_get_current_pid_tgid();
+    s->head.time_ns = bpf_ktime_get_ns();
+    s->head.seq = seq;
+    s->head.pid = id >> 32;
+    s->head.tid = (u32)id;
+    s->head.alloc = alloc;
+    s->head.stack_len = copied;
+    s->head.flags = flags;
+    s->head.pad = 0;
+    __builtin_memcpy(&s->head.regs, ctx, sizeof(struct pt_regs));
+    u64 size = sizeof(struct snap_head) + copied;
+    barrier_var(size);
+    if (size > sizeof(struct snap_head) + SNAP_STACK)
+        size = sizeof(struct snap_head) + SNAP_STACK;
+    if (snaps.ringbuf_output(s, size, 0) != 0)
+        count(N_LOST);
+    else
+        count(N_SNAPSHOTS);
+    return PENDING | seq;
+}
+
+static __always_inline u64 stack_id(struct pt_regs *ctx, u32 alloc)
+{
+    int zero = 0;
+    struct stack *s = stack_buf.lookup(&zero);
+    if (!s)
+        return 0;
+    s->alloc = alloc;
+    u64 id = 0;
+    if (walk(ctx, s, &id) != 0)
+        return emit_snapshot(ctx, alloc);
+    count(N_WARM);
+    if (!stacks.lookup(&id) && stacks.insert(&id, s) != 0 && !stacks.lookup(&id))
+        count(N_STACKS_FULL);
+    return id;
+}
+
+static __always_inline int on_return(struct pt_regs *ctx, u64 cookie)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct inflight *f = inflight.lookup(&tid);
+    if (!f)
+        return 0;
+    if (f->depth > 1) {
+        f->depth--;
+        return 0;
+    }
+    struct inflight in = *f;
+    inflight.delete(&tid);
+    u64 ret = PT_REGS_RC(ctx);
+    u64 addr[2] = {0, 0};
+    int n = 1, failed;
+    if (ARG(cookie, 18) != NO_ARG) {   // the address is written through an out pointer
+        failed = (int)ret != 0;
+        if (!failed && (cookie & C_FD)) {
+            int fds[2] = {-1, -1};
+            failed = bpf_probe_read_user(fds, sizeof(fds), (void *)in.out) != 0;
+            addr[0] = (u32)fds[0];
+            addr[1] = (u32)fds[1];
+            n = 2;
+        } else if (!failed) {
+            failed = bpf_probe_read_user(&addr[0], 8, (void *)in.out) != 0;
+        }
+    } else if (cookie & C_FD) {
+        failed = (int)ret < 0;
+        addr[0] = (u32)ret;
+    } else {
+        failed = ret == 0 || ret == ~0ULL;
+        addr[0] = ret;
+    }
+    // realloc: the old block is gone when the call succeeded, or asked for 0 bytes
+    if (in.old && (!failed || in.size == 0))
+        allocs.delete(&in.old);
+    if (failed)
+        return 0;
+    u64 max = get_config(1), every = get_config(2);
+    if (in.size < get_config(0) || (max && in.size > max))
+        return 0;
+    if (every > 1 && bpf_get_prandom_u32() % every != 0)
+        return 0;
+    struct alloc_info info = {in.size, bpf_ktime_get_ns(), stack_id(ctx, cookie & 0xff)};
+    if (allocs.update(&addr[0], &info) != 0)
+        count(N_ALLOCS_FULL);
+    if (n == 2 && allocs.update(&addr[1], &info) != 0)
+        count(N_ALLOCS_FULL);
+    return 0;
+}
+
+int on_event(struct pt_regs *ctx)
+{
+    u64 cookie = bpf_get_attach_cookie(ctx);
+    if (cookie & C_FREE)
+        return on_free(ctx, cookie);
+    if (cookie & C_RETURN)
+        return on_return(ctx, cookie);
+    return on_entry(ctx, cookie);
+}

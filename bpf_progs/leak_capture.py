@@ -1,0 +1,216 @@
+"""Load `leak.c`, attach it to allocator entries and returns, and read what it keeps.
+
+The kernel side holds the state: `allocs` (address → size, time, stack id), `stacks` (id →
+allocator index and pcs), `rules` (return address → compact CFI rule). This class is the user
+side's window on it: snapshots of cold paths arrive through the ring buffer (`poll`), rules and
+stacks learnt from them are written back (`add_rules`, `add_stack`), and a report reads every
+live allocation in batches (`allocations`) and the pcs of the stacks it shows (`stack`).
+
+A probe's cookie tells the one program what the probe is (see the COOKIE layout in leak.c):
+`alloc_cookie` and `free_cookie` build it.
+"""
+from __future__ import annotations
+
+import struct
+from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import NamedTuple
+
+from unwind.memory import StackBytes
+from unwind.regs import USER_REGS_FIELDS
+
+from .bpfsys import (PROG_TYPE_KPROBE, map_lookup, map_lookup_batch, map_update,
+                     possible_cpus)
+from .capture import PT_REGS, detach
+from .objcache import LoadedProgram, get_program, load
+from .ringbuf import RingBuffer
+from .uprobe_link import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, file_offsets
+
+_SOURCE = Path(__file__).with_name("leak.c")
+_PAGE = 4096
+#: Most frames the kernel walk keeps (MAX_FRAMES in leak.c).
+MAX_FRAMES = 64
+#: Ring buffer for snapshots (8 MB): only cold paths send one, ~4-8 KB each.
+_RING_BYTES = 8 << 20
+_RETURN = 1 << 8
+_FREE = 1 << 21
+_FD = 1 << 22
+_PAGES = 1 << 23
+_NO_ARG = 7
+#: Stack flag: the kernel walk stopped at MAX_FRAMES.
+STACK_DEEP = 1
+#: Stack ids with this bit are pending: the rest is the sequence number of a snapshot.
+PENDING = 1 << 63
+COUNTERS = ("snapshots", "lost", "allocs_full", "stacks_full", "deep", "warm", "nested")
+# struct snap_head: time_ns, seq, pid, tid, alloc, stack_len, flags, pad, struct pt_regs
+_HEAD = struct.Struct(f"<QQIIIII4x{len(PT_REGS)}Q")
+_REG_SLOTS = tuple((USER_REGS_FIELDS[name], 7 + i) for i, name in enumerate(PT_REGS)
+                   if name in USER_REGS_FIELDS)
+_RULE = struct.Struct("<ihBx")
+_STACK_HEAD = struct.Struct("<IHH")
+
+
+def _arg(n: int | None) -> int:
+    return _NO_ARG if n is None else n
+
+
+def alloc_cookie(index: int, size: int | None = None, size2: int | None = None,
+                 old: int | None = None, out: int | None = None, *, fd: bool = False,
+                 pages: bool = False) -> int:
+    """The entry probe's cookie of allocator `index` (0-based argument numbers: the size, its
+    multiplier, realloc's old pointer, an out pointer that receives the address); the return
+    probe's cookie is this with the return bit."""
+    if not 0 <= index < 256:
+        raise ValueError("at most 256 allocator functions")
+    return (index | _arg(size) << 9 | _arg(size2) << 12 | _arg(old) << 15 | _arg(out) << 18
+            | (_FD if fd else 0) | (_PAGES if pages else 0))
+
+
+def free_cookie(addr: int, *, fd: bool = False) -> int:
+    """The cookie of a function that frees its argument number `addr` (0-based)."""
+    return _FREE | addr << 9 | (_FD if fd else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class LeakProbe:
+    """Where to attach: `elf_addr` in `path`; allocators get a return probe too."""
+
+    path: str
+    elf_addr: int
+    cookie: int
+
+    @property
+    def is_free(self) -> bool:
+        return bool(self.cookie & _FREE)
+
+
+class LeakSnapshot(NamedTuple):
+    """Registers (at the allocator's return: the caller's) and stack bytes of one cold path."""
+
+    seq: int
+    pid: int
+    tid: int
+    alloc: int
+    time_ns: int
+    regs: dict[int, int]
+    stack: StackBytes
+    truncated: bool
+
+
+class LiveAllocations(NamedTuple):
+    """Every tracked allocation at one moment, as columns."""
+
+    addrs: array[int]
+    sizes: array[int]
+    times: array[int]
+    stack_ids: array[int]
+
+
+class LeakCapture:
+    """The loaded program, its uprobes, its maps; `close()` detaches everything."""
+
+    def __init__(self, probes: list[LeakProbe], pid: int,
+                 on_snapshot: Callable[[LeakSnapshot], None],
+                 cflags: Callable[[], tuple[str, ...]], max_allocs: int,
+                 size_bounds: tuple[int, int] = (0, 0), sample_every: int = 1,
+                 cache_dir: str | None = None) -> None:
+        """:param size_bounds: (min, max) bytes tracked; max 0: no bound.
+        :param sample_every: track one allocation in this many (at random)."""
+        self._on_snapshot = on_snapshot
+        self._links: list[UprobeMultiLink] = []
+        self._ring: RingBuffer | None = None
+        compiled, self.from_cache = get_program(_SOURCE.read_text(), (), cflags, "on_event",
+                                                cache_dir)
+        self._prog: LoadedProgram | None = load(
+            compiled, "ubt_leak", PROG_TYPE_KPROBE, BPF_TRACE_UPROBE_MULTI,
+            {"allocs": max_allocs, "snaps": _RING_BYTES})
+        self._fds = self._prog.map_fds
+        self._ncpus = possible_cpus()
+        self._final: dict[str, int] | None = None
+        try:
+            for i, value in enumerate((*size_bounds, sample_every)):
+                map_update(self._fds["config"], i.to_bytes(4, "little"),
+                           value.to_bytes(8, "little"))
+            self._attach(probes, pid)
+            self._ring = RingBuffer(self._fds["snaps"], _RING_BYTES, self._sample)
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, probes: list[LeakProbe], pid: int) -> None:
+        assert self._prog is not None
+        entries = sorted(probes, key=lambda p: p.path)
+        for path, group in groupby(entries, lambda p: p.path):
+            mine = list(group)
+            offsets = file_offsets(path, [p.elf_addr for p in mine])
+            self._links.append(UprobeMultiLink(self._prog.prog_fd, path, offsets,
+                                               [p.cookie for p in mine], pid=pid))
+            allocs = [(o, p) for o, p in zip(offsets, mine) if not p.is_free]
+            if allocs:
+                self._links.append(UprobeMultiLink(
+                    self._prog.prog_fd, path, [o for o, _ in allocs],
+                    [p.cookie | _RETURN for _, p in allocs], retprobe=True, pid=pid))
+
+    def _sample(self, data: memoryview) -> None:
+        head = _HEAD.unpack_from(data)
+        regs = {number: head[slot] for number, slot in _REG_SLOTS}
+        end = _HEAD.size + min(head[5], len(data) - _HEAD.size)
+        stack = StackBytes(regs[7], bytes(data[_HEAD.size:end]))
+        self._on_snapshot(LeakSnapshot(head[1], head[2], head[3], head[4], head[0], regs,
+                                       stack, bool(head[6] & 1)))
+
+    def poll(self, timeout_ms: int) -> int:
+        """Hand every waiting snapshot to `on_snapshot`; wait up to `timeout_ms` for one."""
+        return self._ring.poll(timeout_ms) if self._ring is not None else 0
+
+    def counters(self) -> dict[str, int]:
+        """The kernel's counts (summed over CPUs), by the names of `COUNTERS`."""
+        if self._prog is None:
+            return dict(self._final or {})
+        out = {}
+        for i, name in enumerate(COUNTERS):
+            raw = map_lookup(self._fds["counters"], i.to_bytes(4, "little"), 8 * self._ncpus)
+            out[name] = sum(array("Q", raw or bytes(8 * self._ncpus)))
+        return out
+
+    def add_rules(self, rules: Iterable[tuple[int, int, int, int]]) -> None:
+        """Teach the kernel walk: (return address, CFA offset, saved-rbp offset, flags)."""
+        for pc, cfa_off, rbp_off, flags in rules:
+            map_update(self._fds["rules"], pc.to_bytes(8, "little"),
+                       _RULE.pack(cfa_off, rbp_off, flags))
+
+    def add_stack(self, stack_id: int, alloc: int, pcs: tuple[int, ...], flags: int) -> None:
+        """Keep a stack walked in user space, as the kernel keeps its own."""
+        value = _STACK_HEAD.pack(alloc, len(pcs), flags) + struct.pack(
+            f"<{MAX_FRAMES}Q", *pcs[:MAX_FRAMES], *[0] * (MAX_FRAMES - len(pcs)))
+        map_update(self._fds["stacks"], stack_id.to_bytes(8, "little"), value)
+
+    def stack(self, stack_id: int) -> tuple[int, tuple[int, ...], int] | None:
+        """(allocator index, pcs, flags) of a kept stack, or None when there is none."""
+        raw = map_lookup(self._fds["stacks"], stack_id.to_bytes(8, "little"),
+                         _STACK_HEAD.size + 8 * MAX_FRAMES)
+        if raw is None:
+            return None
+        alloc, depth, flags = _STACK_HEAD.unpack_from(raw)
+        pcs = struct.unpack_from(f"<{min(depth, MAX_FRAMES)}Q", raw, _STACK_HEAD.size)
+        return alloc, pcs, flags
+
+    def allocations(self) -> LiveAllocations:
+        """Every tracked allocation now (batched lookups: ~65k elements per system call)."""
+        keys, values, _ = map_lookup_batch(self._fds["allocs"], 8, 24)
+        addrs, cols = array("Q"), array("Q")
+        addrs.frombytes(keys)
+        cols.frombytes(values)
+        return LiveAllocations(addrs, cols[0::3], cols[1::3], cols[2::3])
+
+    def close(self) -> None:
+        """Detach every uprobe and free the program and its maps (safe to call twice)."""
+        detach(self._links, self._ring)
+        self._ring = None
+        if self._prog is not None:
+            self._final = self.counters()
+            self._prog.close()
+            self._prog = None

@@ -1,0 +1,245 @@
+"""`ubt leak [-p PID | -c CMD] [interval [count]]`: outstanding allocations by stack.
+
+The kernel tracks every live allocation and walks its stack with rules learnt here (see
+bpf_progs/leak.c), so allocations that are freed soon, and paths seen before, cost no work in
+this process. This loop only unwinds the snapshots of new paths (`Learner`), and reads the
+allocation map for a report every `interval` seconds and at the end: when the traced process
+exits (for `-c` its allocations are all still in the map then: the at-exit report), when
+`count` reports were printed, or at Ctrl-C. `--older` hides allocations younger than that in
+reports of a live process; at the end of a process that exited, everything it left is shown.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from bpf_progs.leak_capture import STACK_DEEP, LeakCapture, LeakSnapshot
+from unwind.memory import StackBytes
+from unwind.unwinder import Method, RawFrame, StopReason
+
+from . import leak_report, leak_rules
+from .bcc_env import kernel_cflags, load_capture, prepare
+from .errors import UbtError
+from .launcher import Launcher
+from .leak_alloc import (FDS, MEMORY, Allocator, command_target, find_library,
+                         library_allocators, named_allocators, pid_target, probes_for)
+from .maps_tracker import MapsTracker
+from .pipeline import Pipeline
+from .snapshot import Snapshot
+from .trace import Frame, StackTrace
+
+
+@dataclass(frozen=True, slots=True)
+class LeakOptions:
+    """What `ubt leak` was asked to do (the parsed command line)."""
+
+    command: str | None = None
+    pid: int | None = None
+    interval: float | None = None
+    count: int | None = None
+    older_ms: int = 500
+    min_size: int = 0
+    max_size: int = 0
+    top: int = 10
+    sort: str = "bytes"
+    sample_rate: int = 1
+    lib: str = "libc.so.6"
+    allocs: tuple[str, ...] = ()
+    frees: tuple[str, ...] = ()
+    fd: bool = False
+    fmt: str = "text"
+    max_allocs: int = 1 << 20
+
+
+class Learner:
+    """Unwinds snapshots of cold paths: resolves their pending ids and teaches the kernel."""
+
+    def __init__(self, pid: int, tracker: MapsTracker, launcher: Launcher | None) -> None:
+        self.pid = pid
+        self.pipeline = Pipeline()
+        self.tracker = tracker
+        self.launcher = launcher
+        self.capture: LeakCapture | None = None
+        self.resolved: dict[int, int] = {}          # snapshot seq → stack id
+        self.walked: dict[int, tuple[int, tuple[int, ...], StopReason]] = {}
+        self.snapshots = self.truncated = self.incomplete = self.no_maps = 0
+
+    def on_snapshot(self, s: LeakSnapshot) -> None:
+        """Walk one snapshot (called while polling the ring buffer)."""
+        if self.launcher is not None and not self.launcher.runs_command_at(s.time_ns):
+            return  # ubt's fork or the sh -c wrapper: not the command, nothing to learn
+        self.snapshots += 1
+        maps = self.tracker.for_hit(s.pid, s.regs[16])
+        if maps is None:
+            self.no_maps += 1
+            return
+        walked = leak_rules.walk(self.pipeline, self._snapshot(s, maps.text))
+        if not all(maps.covers(pc) for pc in walked.pcs):  # a dlopen since: read them again
+            fresh = self.tracker.refresh(s.pid) or self.tracker.latest(s.pid)  # or at exit
+            if fresh is not None and fresh.text != maps.text:
+                walked = leak_rules.walk(self.pipeline, self._snapshot(s, fresh.text))
+        stack_id = leak_rules.stack_hash(s.alloc, walked.pcs, walked.flags)
+        self.resolved[s.seq] = stack_id
+        self.walked[stack_id] = (s.alloc, walked.pcs, walked.stop)
+        if walked.stop is not StopReason.END_OF_STACK and not walked.flags & STACK_DEEP:
+            self.incomplete += 1
+            self.truncated += s.truncated and walked.stop is StopReason.MEMORY_FAULT
+        if self.capture is not None:
+            self.capture.add_rules(walked.rules)
+            self.capture.add_stack(stack_id, s.alloc, walked.pcs, walked.flags)
+
+    @staticmethod
+    def _snapshot(s: LeakSnapshot, maps_text: str) -> Snapshot:
+        return Snapshot(s.pid, s.tid, "", s.regs, s.stack, maps_text, s.time_ns)
+
+
+def run(opts: LeakOptions, out: TextIO = sys.stdout) -> int:
+    """Trace until the target exits, `count` reports, or Ctrl-C; 0 on success."""
+    prepare("ubt leak")
+    if opts.command is None and opts.pid is None:
+        raise UbtError("which process? give -p PID or -c CMD")
+    target = command_target(opts.command) if opts.command else pid_target(opts.pid or 0)
+    if opts.allocs or opts.frees:
+        allocators = named_allocators(list(opts.allocs), list(opts.frees), target)
+    else:
+        allocators = library_allocators(find_library(opts.lib, target),
+                                        FDS if opts.fd else MEMORY)
+    tracker = MapsTracker()
+    launcher = Launcher(opts.command, tracker) if opts.command else None
+    pid = launcher.pid if launcher else (opts.pid or 0)
+    learner = Learner(pid, tracker, launcher)
+    probes = probes_for(allocators, opts.fd)
+    capture = load_capture(lambda: LeakCapture(probes, pid, learner.on_snapshot, kernel_cflags,
+                                               opts.max_allocs, (opts.min_size, opts.max_size),
+                                               opts.sample_rate),
+                           launcher.kill if launcher else lambda: None)
+    learner.capture = capture
+    names = ", ".join(dict.fromkeys(a.label for a in allocators))
+    print(f"Tracing {names} in {target.description}... Hit Ctrl-C to end.", file=sys.stderr,
+          flush=True)
+    try:
+        if launcher:
+            launcher.release()
+        _loop(opts, capture, learner, launcher, allocators, out)
+    finally:
+        capture.close()
+        if launcher:
+            launcher.kill()
+    _end_line(capture, learner)
+    return 0
+
+
+def _loop(opts: LeakOptions, capture: LeakCapture, learner: Learner, launcher: Launcher | None,
+          allocators: list[Allocator], out: TextIO) -> None:
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    reports = 0
+    next_at = time.monotonic() + opts.interval if opts.interval else None
+    try:
+        while not interrupted.is_set():
+            capture.poll(100)
+            alive = launcher.running if launcher else _alive(learner.pid)
+            if not alive:
+                while capture.poll(0):
+                    pass
+                if launcher is None:
+                    print(f"ubt: process {learner.pid} exited", file=sys.stderr)
+                _report(opts, capture, learner, launcher, allocators, out, at_exit=True)
+                return
+            if next_at is not None and time.monotonic() >= next_at:
+                _report(opts, capture, learner, launcher, allocators, out, at_exit=False)
+                reports += 1
+                if opts.count is not None and reports >= opts.count:
+                    return
+                next_at += opts.interval or 0
+        capture.poll(0)
+        _report(opts, capture, learner, launcher, allocators, out, at_exit=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for its parent has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
+            launcher: Launcher | None, allocators: list[Allocator], out: TextIO,
+            at_exit: bool) -> None:
+    live = capture.allocations()
+    since = launcher.command_since_ns if launcher else 0
+    if since is None:
+        since = 1 << 64  # the command never started: nothing it allocated
+    older = 0 if at_exit else opts.older_ms * 1_000_000
+    sel = leak_report.Selection(time.monotonic_ns(), older, since)
+    totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort)
+    frames = _Frames(learner, capture, allocators)
+    if opts.fmt == "json":
+        out.write(leak_report.render_json(totals, opts.top, frames))
+    else:
+        when = "at exit" if at_exit else time.strftime("%H:%M:%S")
+        age = f" older than {opts.older_ms} ms" if older else ""
+        title = f"[{when}] outstanding {'descriptors' if opts.fd else 'allocations'}{age}"
+        out.write(leak_report.render_text(totals, opts.top, frames, title, opts.fd))
+    out.flush()
+
+
+class _Frames:
+    """Stack id → symbolized frames: the allocator's label, then its callers."""
+
+    def __init__(self, learner: Learner, capture: LeakCapture,
+                 allocators: list[Allocator]) -> None:
+        self.learner = learner
+        self.capture = capture
+        self.allocators = allocators
+        maps = learner.tracker.refresh(learner.pid) or learner.tracker.latest(learner.pid)
+        text = maps.text if maps else ""
+        snap = Snapshot(learner.pid, learner.pid, "", {}, StackBytes(0, b""), text, 0)
+        self.modules = learner.pipeline.modules(snap)
+
+    def __call__(self, stack_id: int) -> StackTrace:
+        kept = self.learner.walked.get(stack_id)
+        if kept is None:
+            found = self.capture.stack(stack_id)
+            if found is None:
+                return StackTrace((), StopReason.NO_UNWIND_INFO)  # stacks map was full
+            alloc, pcs, flags = found
+            kept = (alloc, pcs, StopReason.MAX_DEPTH if flags & STACK_DEEP
+                    else StopReason.END_OF_STACK)
+        alloc, pcs, stop = kept
+        frames = [self._allocator_frame(alloc)]
+        for pc in pcs:
+            raw = RawFrame(pc, 0, None, False, Method.CFI)
+            frames.extend(self.learner.pipeline.symbolize_frame(self.modules, raw))
+        return StackTrace(tuple(frames), stop)
+
+    def _allocator_frame(self, index: int) -> Frame:
+        a = self.allocators[index]
+        module = next((m for m in self.modules.modules if m.file == a.path or m.path == a.path),
+                      None)
+        pc = a.elf_addr + module.bias if module else 0
+        return Frame(pc, a.path, module.build_id if module else None, a.elf_addr, a.label, 0,
+                     None, None, None, None, False, "initial")
+
+
+def _end_line(capture: LeakCapture, learner: Learner) -> None:
+    """Counts on stderr: what was walked where, and everything lost or cut, never hidden."""
+    c = capture.counters()
+    always = [(c["warm"], "stacks walked in the kernel"),
+              (learner.snapshots, "snapshots unwound here"), (c["lost"], "lost snapshots"),
+              (c["allocs_full"], "allocations not tracked (map full)"),
+              (c["stacks_full"], "stacks not kept (map full)"),
+              (learner.truncated, "truncated stacks"), (c["deep"], "stacks cut at 64 frames")]
+    if_any = [(learner.incomplete, "stopped before the outermost frame"),
+              (learner.no_maps, "dropped: process gone before its maps were read")]
+    shown = always + [(n, what) for n, what in if_any if n]
+    print("ubt: " + ", ".join(f"{n} {what}" for n, what in shown), file=sys.stderr)

@@ -1,0 +1,100 @@
+"""`ubt leak` reports: live allocations grouped by stack, the top ones printed.
+
+`aggregate` turns the kernel's allocation map (columns of a batch read) into totals per stack:
+bytes, count, oldest. An allocation made on a cold path carries a pending id until its snapshot
+is unwound; those resolve through the learner's table, and the ones whose snapshot never came
+(ring buffer full) are totalled apart, as `UNKNOWN_STACK`, never dropped. `render_text` and
+`render_json` print the top N (JSON: one object per stack, `{"stack", "bytes", "count",
+"oldest_ms"}`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from bpf_progs.leak_capture import PENDING, LiveAllocations
+
+from .render import frame_json, text_frames
+from .trace import StackTrace
+
+#: The "stack" of allocations whose snapshot was lost or could not be walked.
+UNKNOWN_STACK = 0
+
+
+class StackTotal(NamedTuple):
+    """Outstanding allocations of one stack."""
+
+    stack_id: int
+    bytes: int
+    allocations: int
+    oldest_ns: int
+
+
+class Selection(NamedTuple):
+    """Which allocations a report counts.
+
+    :param older_ns: only allocations at least this old (0: all).
+    :param since_ns: only allocations made at or after this time (a `-c` command's exec:
+        its earlier ones belong to ubt's fork or the shell).
+    """
+
+    now_ns: int
+    older_ns: int
+    since_ns: int
+
+
+def aggregate(live: LiveAllocations, resolved: Mapping[int, int], sel: Selection,
+              sort: str = "bytes") -> list[StackTotal]:
+    """Totals per stack, largest first (by bytes, or by count with `sort="count"`)."""
+    latest = sel.now_ns - sel.older_ns
+    totals: dict[int, list[int]] = {}
+    for size, time_ns, stack_id in zip(live.sizes, live.times, live.stack_ids):
+        if time_ns > latest or time_ns < sel.since_ns:
+            continue
+        if stack_id & PENDING:
+            stack_id = resolved.get(stack_id & ~PENDING, UNKNOWN_STACK)
+        t = totals.get(stack_id)
+        if t is None:
+            totals[stack_id] = [size, 1, time_ns]
+        else:
+            t[0] += size
+            t[1] += 1
+            if time_ns < t[2]:
+                t[2] = time_ns
+    out = [StackTotal(sid, b, c, sel.now_ns - oldest) for sid, (b, c, oldest) in totals.items()]
+    key = (lambda t: (t.allocations, t.bytes)) if sort == "count" \
+        else (lambda t: (t.bytes, t.allocations))
+    return sorted(out, key=key, reverse=True)
+
+
+Frames = Callable[[int], StackTrace]
+
+
+def render_text(totals: list[StackTotal], top: int, frames: Frames, title: str,
+                fds: bool = False) -> str:
+    """memleak's layout: a title, then per stack `B bytes in N allocations` and its frames."""
+    shown = totals[:top]
+    lines = [f"{title}: {len(totals)} stack{'s' if len(totals) != 1 else ''}"
+             + (f", top {len(shown)} shown" if len(shown) < len(totals) else "")]
+    for t in shown:
+        n = t.allocations
+        what = (f"{n} open file descriptor{'s' if n != 1 else ''}" if fds else
+                f"{t.bytes} bytes in {n} allocation{'s' if n != 1 else ''}")
+        lines.append(f"{what}, oldest {t.oldest_ns // 1_000_000} ms, from:")
+        if t.stack_id == UNKNOWN_STACK:
+            lines.append("    stack unknown: its snapshot was lost (ring buffer full)")
+            continue
+        lines.extend("    " + line for line in text_frames(frames(t.stack_id)))
+    return "\n".join(lines) + "\n"
+
+
+def render_json(totals: list[StackTotal], top: int, frames: Frames) -> str:
+    """One JSON object per stack, top ones only; an unknown stack has `"stack": null`."""
+    docs = []
+    for t in totals[:top]:
+        stack = None if t.stack_id == UNKNOWN_STACK else [
+            frame_json(f) for f in frames(t.stack_id).frames]
+        docs.append(json.dumps({"stack": stack, "bytes": t.bytes, "count": t.allocations,
+                                "oldest_ms": t.oldest_ns // 1_000_000}))
+    return "".join(d + "\n" for d in docs)
