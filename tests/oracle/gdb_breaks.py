@@ -90,6 +90,12 @@ def main():
     gdb.execute("unset environment LINES")
     gdb.execute("unset environment COLUMNS")
     gdb.execute("unset environment UBT_GDB_CFG")   # this script's own setting
+    # SHELL was set for gdb's startup-with-shell; the program gets the caller's value back
+    # (two bytes more or less of environment can move every stack address by 16)
+    if cfg.get("shell") is None:
+        gdb.execute("unset environment SHELL")
+    else:
+        gdb.execute(f"set environment SHELL={cfg['shell']}")
     rec = _Recorder()
     gdb.events.stop.connect(rec.on_stop)
     gdb.events.exited.connect(rec.on_exit)

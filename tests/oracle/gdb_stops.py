@@ -125,7 +125,8 @@ def gdb_stops(argv: Sequence[str], breaks: Sequence[Break], max_stops: int,
                        "args": " ".join(shlex.quote(a) for a in argv[1:]),
                        "breaks": [{"label": b.label, "path": b.path, "elf_addr": b.elf_addr,
                                    "min_vaddr": min_vaddr(b.path)} for b in breaks],
-                       "prints": list(prints)}, f)
+                       "prints": list(prints),
+                       "shell": (env if env is not None else os.environ).get("SHELL")}, f)
         run_env = dict(env if env is not None else os.environ)
         run_env.update(UBT_GDB_CFG=cfg_path, SHELL="/bin/sh")
         run_env.pop("DEBUGINFOD_URLS", None)
