@@ -24,8 +24,6 @@ OBJ_GET_INFO_BY_FD = 15
 LINK_CREATE = 28
 MAP_LOOKUP_BATCH = 24
 
-MAP_TYPE_PERCPU_ARRAY = 6
-MAP_TYPE_RINGBUF = 27
 PROG_TYPE_KPROBE = 2
 #: BPF_F_SLEEPABLE: the program may fault user pages in (``bpf_copy_from_user``).
 PROG_SLEEPABLE = 1 << 4

@@ -121,6 +121,7 @@ class StackCapture:
         self._need = [0] * len(probes)
         self._want = [self.stack_cap] * len(probes)
         self._links: list[UprobeMultiLink] = []
+        self._by_pid: dict[int, list[UprobeMultiLink]] = {}  # links per process, -c children
         self._lost_at_close = 0
         self._ring: RingBuffer | None = None
         self._prog: LoadedProgram | None = None
@@ -156,15 +157,29 @@ class StackCapture:
     def _attach(self, pid: int | None) -> None:
         assert self._prog is not None
         for path, is_return, ids, offsets in self._groups:
-            self._links.append(UprobeMultiLink(self._prog.prog_fd, path, offsets, ids,
-                                               retprobe=is_return, pid=pid))
+            link = UprobeMultiLink(self._prog.prog_fd, path, offsets, ids, retprobe=is_return,
+                                   pid=pid)
+            self._links.append(link)
+            if pid is not None:
+                self._by_pid.setdefault(pid, []).append(link)
 
     def add_process(self, pid: int) -> None:
         """Place the probes in one more process (a child of a traced command, still stopped
-        by its tracer): uprobe_multi links filter by one process each."""
+        by its tracer): uprobe_multi links filter by one process each.
+
+        :raises AttachError: the kernel refused (e.g. out of file descriptors).
+        """
         with self._lock:
             if self._prog is not None:
                 self._attach(pid)
+
+    def remove_process(self, pid: int) -> None:
+        """Close the links of a process that has exited (each holds a file descriptor, and the
+        kernel would check every hit against it)."""
+        with self._lock:
+            for link in self._by_pid.pop(pid, []):
+                link.close()
+                self._links.remove(link)
 
     def _sample(self, data: memoryview) -> None:
         head = _HEAD.unpack_from(data)  # runs for every record: kept to plain operations

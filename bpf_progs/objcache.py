@@ -141,19 +141,30 @@ def get_program(source: str, defines: Sequence[str], cflags: Callable[[], Sequen
     path = os.path.join(directory, cache_key(source, defines, function) + ".json")
     try:
         with open(path) as f:
-            return CompiledProgram.from_json(f.read()), True
+            if _trusted(directory) and _trusted(f.fileno()):
+                return CompiledProgram.from_json(f.read()), True
     except (OSError, ValueError, KeyError, TypeError):
         pass
     program = compile_with_bcc(source, [*defines, *cflags()], function)
+    tmp = None
     try:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
         with os.fdopen(fd, "w") as f:
             f.write(program.to_json())
         os.replace(tmp, path)
-    except OSError:
-        pass  # read-only cache: the program still loads from memory
+    except OSError:  # read-only or full cache: the program still loads from memory
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return program, False
+
+
+def _trusted(what: str | int) -> bool:
+    """A cached program runs in the kernel as root's: only a file (and directory) of this
+    user that nobody else may write is loaded (a shared or ``sudo -E`` cache could hold
+    another user's program)."""
+    st = os.stat(what)
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def load(program: CompiledProgram, name: str, prog_type: int, expected_attach_type: int,

@@ -13,9 +13,15 @@ from __future__ import annotations
 import mmap
 import select
 import struct
+import time
 from collections.abc import Callable
 
 _PAGE = mmap.PAGESIZE
+# Native formats: one 8-byte (4-byte) load or store, as the kernel's smp_load_acquire /
+# smp_store_release pair expects; the standard-size "<Q" goes byte by byte and a position
+# stored that way can be seen torn.
+_POS = struct.Struct("Q")
+_LEN = struct.Struct("I")
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HEADER = 8
@@ -35,6 +41,7 @@ class RingBuffer:
                                    mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._producer = mmap.mmap(map_fd, _PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
                                    offset=_PAGE)
+        self.busy = False  # the last consume stopped at a record still being written
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
 
@@ -43,24 +50,31 @@ class RingBuffer:
         consume again. Returns the number of samples handed over."""
         got = self.consume()
         if got == 0 and timeout_ms != 0:
-            self._epoll.poll(timeout_ms / 1000)
+            if self.busy:
+                # the next record is reserved but not submitted (a sleepable program may be
+                # faulting a page in): epoll would report it at once, so wait a little
+                time.sleep(0.001)
+            else:
+                self._epoll.poll(timeout_ms / 1000)
             got = self.consume()
         return got
 
     def consume(self) -> int:
         """Hand over every committed sample; returns how many."""
         count = 0
-        (cons,) = struct.unpack_from("<Q", self._consumer, 0)
+        self.busy = False
+        (cons,) = _POS.unpack_from(self._consumer, 0)
         view = memoryview(self._producer)
         try:
             while True:
-                (prod,) = struct.unpack_from("<Q", self._producer, 0)
+                (prod,) = _POS.unpack_from(self._producer, 0)
                 if cons >= prod:
                     return count
                 while cons < prod:
                     at = _PAGE + (cons & self._mask)
-                    (length,) = struct.unpack_from("<I", self._producer, at)
+                    (length,) = _LEN.unpack_from(self._producer, at)
                     if length & _BUSY:
+                        self.busy = True
                         return count  # still being written: the rest waits for the next call
                     size = length & ~_DISCARD
                     if not length & _DISCARD:
@@ -71,7 +85,7 @@ class RingBuffer:
                             sample.release()
                         count += 1
                     cons += (size + _HEADER + 7) & ~7
-                    struct.pack_into("<Q", self._consumer, 0, cons)
+                    _POS.pack_into(self._consumer, 0, cons)
         finally:
             view.release()
 

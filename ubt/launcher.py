@@ -31,15 +31,20 @@ _PTRACE_LISTEN = 0x4208
 _PTRACE_GETEVENTMSG = 0x4201
 _PTRACE_O_TRACEFORK = 0x02
 _PTRACE_O_TRACEVFORK = 0x04
+_PTRACE_O_TRACECLONE = 0x08
 _PTRACE_O_TRACEEXEC = 0x10
 _PTRACE_O_TRACEEXIT = 0x40
 _PTRACE_EVENT_FORK = 1
 _PTRACE_EVENT_VFORK = 2
+_PTRACE_EVENT_CLONE = 3
 _PTRACE_EVENT_EXEC = 4
 _PTRACE_EVENT_EXIT = 6
 _PTRACE_EVENT_STOP = 128
 _WALL = 0x40000000
-_OPTIONS = _PTRACE_O_TRACEEXIT | _PTRACE_O_TRACEEXEC | _PTRACE_O_TRACEFORK | _PTRACE_O_TRACEVFORK
+# CLONE too: ptrace options are per thread, so a fork from a thread other than the first (Go,
+# Java, a Python worker calling subprocess) is seen only if that thread is traced as well
+_OPTIONS = (_PTRACE_O_TRACEEXIT | _PTRACE_O_TRACEEXEC | _PTRACE_O_TRACEFORK
+            | _PTRACE_O_TRACEVFORK | _PTRACE_O_TRACECLONE)
 
 
 class Launcher:
@@ -47,20 +52,26 @@ class Launcher:
 
     def __init__(self, command: str, tracker: MapsTracker) -> None:
         self._tracker = tracker
-        #: called on the tracer thread with each process the command forks, before it runs
+        #: called on the tracer thread with each process the command forks, before it runs,
+        #: and with each of those processes once it has exited
         self.on_new_process: Callable[[int], None] = lambda pid: None
-        self._live: set[int] = set()  # traced processes not reaped yet (the command's tree)
-        self._started: set[int] = set()  # processes whose first (attach) stop was seen
-        self._early: set[int] = set()  # new processes stopped before their fork was handled
-        self._lock = threading.Lock()  # _live is read by kill() on another thread
+        self.on_process_exit: Callable[[int], None] = lambda pid: None
+        #: processes of the command whose probes could not be placed, and the last reason
+        self.untraced = 0
+        self.untraced_reason = ""
+        self._live: set[int] = set()  # traced tasks not reaped yet (the command's tree)
+        self._threads: set[int] = set()  # of those, threads other than a process's first
+        self._started: set[int] = set()  # tasks whose first (attach) stop was seen
+        self._early: set[int] = set()  # new tasks stopped before their clone was handled
+        self._lock = threading.Lock()  # _live and _early are read by kill() on another thread
         self._gate_r, self._gate_w = os.pipe()
         self._ready = threading.Event()
         self._done = threading.Event()
         self._error: str | None = None
         self.exit_status: int | None = None
-        # (CLOCK_MONOTONIC ns, program) of every exec of the child, recorded while it is stopped
-        # there, so before any hit of the new program
-        self._execs: list[tuple[int, str]] = []
+        # pid → (CLOCK_MONOTONIC ns, program) from its fork (the program it inherited) and
+        # every exec, recorded while it is stopped there, so before any hit of the new program
+        self._execs: dict[int, list[tuple[int, str]]] = {}
         self._argv = _argv(command)
         self._wrapped = self._argv[0] == "/bin/sh"
         self.pid = 0
@@ -106,21 +117,24 @@ class Launcher:
             self._done.set()
 
     def _wait_loop(self, top: int) -> None:
-        """Serve ptrace stops of the command's processes until the command itself is gone (its
-        descendants still running are then let go: the tracer thread ends)."""
+        """Serve ptrace stops of the command's tasks until the command itself is gone (its
+        descendants still running are then let go: the tracer thread ends, detaching them).
+
+        ``waitpid(-1)`` collects every child of ubt: nothing else runs subprocesses while a
+        command is traced."""
         self._live.add(top)
         self._started.add(top)  # seized, not auto-attached: no attach stop
+        self._execs[top] = []
         while True:
             try:
                 pid, status = os.waitpid(-1, _WALL)
             except ChildProcessError:
                 return
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                with self._lock:
-                    self._live.discard(pid)
                 if pid == top:
                     self.exit_status = os.waitstatus_to_exitcode(status)
                     return
+                self._gone(pid)
                 continue
             if not os.WIFSTOPPED(status):
                 continue
@@ -128,42 +142,65 @@ class Launcher:
             sig = os.WSTOPSIG(status)
             deliver = 0
             if event == _PTRACE_EVENT_EXIT:
-                self._tracker.refresh(pid)  # the last moment its maps exist
+                if pid not in self._threads:
+                    self._tracker.refresh(pid)  # the last moment its maps exist
             elif event == _PTRACE_EVENT_EXEC:
-                if pid == top:
-                    self._execs.append((time.monotonic_ns(), _exe(pid)))
+                self._execs.setdefault(pid, []).append((time.monotonic_ns(), _exe(pid)))
                 self._tracker.refresh(pid)  # the new program's maps
-            elif event in (_PTRACE_EVENT_FORK, _PTRACE_EVENT_VFORK):
-                self._adopt(pid)
+            elif event in (_PTRACE_EVENT_FORK, _PTRACE_EVENT_VFORK, _PTRACE_EVENT_CLONE):
+                self._adopt(pid, event == _PTRACE_EVENT_CLONE)
             elif event == _PTRACE_EVENT_STOP and pid not in self._started:
-                self._started.add(pid)  # a new process's attach stop
+                self._started.add(pid)  # a new task's attach stop
                 if pid not in self._live:
-                    self._early.add(pid)  # its fork is not handled yet: _adopt resumes it
+                    with self._lock:
+                        self._early.add(pid)  # its clone is not handled yet: _adopt resumes it
                     continue
             elif event == _PTRACE_EVENT_STOP:
                 if sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
                     self._resume(pid, _PTRACE_LISTEN, 0)  # a group stop: stay stopped
                     continue
             else:
-                deliver = sig  # a signal for the process: pass it on
+                deliver = sig  # a signal for the task: pass it on
             self._resume(pid, _PTRACE_CONT, deliver)
 
-    def _adopt(self, parent: int) -> None:
-        """`parent` forked: place the new process's probes while it is still stopped (ptrace
-        attached it at the fork; it runs only once its first stop is answered)."""
+    def _adopt(self, parent: int, maybe_thread: bool) -> None:
+        """`parent` forked or cloned: place a new process's probes while it is still stopped
+        (ptrace attached it; it runs only once its first stop is answered). A new thread
+        needs nothing: its process's probes cover it."""
         msg = ctypes.c_ulong(0)
         try:
             ptrace_request(_PTRACE_GETEVENTMSG, parent, 0, ctypes.addressof(msg))
         except OSError:
-            return
+            return  # the parent was killed meanwhile
         child = msg.value
-        self._tracker.refresh(child)
-        self.on_new_process(child)
+        if maybe_thread and _tgid(child) != child:
+            self._threads.add(child)
+        else:
+            inherited = self._execs.get(parent) or [(0, "")]
+            self._execs[child] = [(time.monotonic_ns(), inherited[-1][1])]
+            self._tracker.refresh(child)
+            try:
+                self.on_new_process(child)
+            except Exception as e:  # e.g. out of file descriptors: count it, let it run
+                self.untraced += 1
+                self.untraced_reason = str(e)
         with self._lock:
             self._live.add(child)
-        if child in self._early:
+            early = child in self._early
             self._early.discard(child)
+        if early:
             self._resume(child, _PTRACE_CONT, 0)
+
+    def _gone(self, pid: int) -> None:
+        """A task other than the command's first process was reaped."""
+        with self._lock:
+            self._live.discard(pid)
+            self._early.discard(pid)
+        self._started.discard(pid)  # the pid may come back for a new task
+        if pid in self._threads:
+            self._threads.discard(pid)
+        elif self._execs.pop(pid, None) is not None:
+            self.on_process_exit(pid)
 
     @staticmethod
     def _resume(pid: int, request: int, sig: int) -> None:
@@ -173,12 +210,12 @@ class Launcher:
             if e.errno != errno.ESRCH:
                 raise
 
-    def runs_command_at(self, time_ns: int) -> bool:
-        """Whether the child was running CMD itself at `time_ns` (CLOCK_MONOTONIC, as BPF's
-        ktime): not before its first exec (that is ubt's fork), and not while it was the
-        `sh -c` wrapper ubt put around a command that needs a shell."""
+    def runs_command_at(self, pid: int, time_ns: int) -> bool:
+        """Whether process `pid` was running CMD at `time_ns` (CLOCK_MONOTONIC, as BPF's
+        ktime): not ubt's own fork before its first exec, and not the `sh -c` wrapper ubt put
+        around a command that needs a shell, nor that shell's forks before they exec."""
         image = None
-        for when, exe in self._execs:
+        for when, exe in self._execs.get(pid, [(0, "?")]):
             if when > time_ns:
                 break
             image = exe
@@ -190,7 +227,7 @@ class Launcher:
     def command_since_ns(self) -> int | None:
         """When the child began running CMD itself (CLOCK_MONOTONIC ns of that exec, past an
         `sh -c` wrapper); None while it has not."""
-        for when, exe in self._execs:
+        for when, exe in self._execs.get(self.pid, []):
             if not (self._wrapped and exe == _SHELL):
                 return when
         return None
@@ -214,7 +251,7 @@ class Launcher:
         hit limit ended the trace first)."""
         if self.pid and self.exit_status is None:  # not reaped yet: the pids are still ours
             with self._lock:
-                pids = {self.pid, *self._live}
+                pids = {self.pid, *self._live, *self._early}
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -241,6 +278,18 @@ def _argv(command: str) -> list[str]:
 
 
 _SHELL = os.path.realpath("/bin/sh")
+
+
+def _tgid(tid: int) -> int:
+    """The process a task belongs to (its own id for a process's first thread)."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return tid
 
 
 def _exe(pid: int) -> str:

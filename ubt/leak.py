@@ -70,7 +70,7 @@ class Learner:
 
     def on_snapshot(self, s: LeakSnapshot) -> None:
         """Walk one snapshot (called while polling the ring buffer)."""
-        if self.launcher is not None and not self.launcher.runs_command_at(s.time_ns):
+        if self.launcher is not None and not self.launcher.runs_command_at(s.pid, s.time_ns):
             return  # ubt's fork or the sh -c wrapper: not the command, nothing to learn
         self.snapshots += 1
         maps = self.tracker.for_hit(s.pid, s.regs[16])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -173,21 +174,32 @@ def symbols_matching(path: str, pattern: str) -> list[RawSymbol]:
 
     A pattern that matches no linkage name is tried against C++ names as people write them, as
     stap and gdb accept them: ``ns::Class::method`` (any overload), or with its parameter list,
-    ``ns::Class::method(int)``; compiler-made clones (``[clone .cold]``) are not functions."""
-    is_glob = any(c in pattern for c in "*?[")
-
-    def matches(name: str) -> bool:
-        return fnmatch.fnmatchcase(name, pattern) if is_glob else name == pattern
-
+    ``ns::Class::method(int)``, ABI tags optional (see `_cxx_names`)."""
     symbols = _code_symbols(path)
-    found = {s.addr: s for s in reversed(symbols) if matches(s.name)}
-    if not found:
-        for sym in reversed(symbols):
-            if sym.name.startswith("_Z"):
-                full = function_name(sym.name)
-                if "[clone" not in full and (matches(full) or matches(without_parameters(full))):
-                    found[sym.addr] = sym
+    globby = any(c in pattern for c in "*?[")
+    # as written first: a name can hold glob characters (``Vec::operator*``, ``f[abi:cxx11]``)
+    found = {s.addr: s for s in reversed(symbols) if s.name == pattern}
+    if not found and globby:
+        found = {s.addr: s for s in reversed(symbols) if fnmatch.fnmatchcase(s.name, pattern)}
+    if not found:  # C++ names, demangled only now: a large C++ program has many
+        cxx = [(s, _cxx_names(s.name)) for s in reversed(symbols) if s.name.startswith("_Z")]
+        found = {s.addr: s for s, names in cxx if pattern in names}
+        if not found and globby:
+            found = {s.addr: s for s, names in cxx
+                     if any(fnmatch.fnmatchcase(n, pattern) for n in names)}
     return [found[addr] for addr in sorted(found)]
+
+
+def _cxx_names(linkage: str) -> tuple[str, ...]:
+    """The spellings a C++ function is probed by: with and without its parameter list, with
+    and without ABI tags (``f[abi:cxx11]()``: gdb drops them too); none for the `.cold` part
+    GCC splits off a function (not an entry point; `.isra`, `.constprop` clones are)."""
+    full = function_name(linkage)
+    if "[clone .cold" in full:
+        return ()
+    untagged = _ABI_TAG.sub("", full)
+    return tuple(dict.fromkeys((full, without_parameters(full), untagged,
+                                without_parameters(untagged))))
 
 
 def without_parameters(name: str) -> str:
@@ -202,6 +214,9 @@ def without_parameters(name: str) -> str:
             if depth == 0:
                 return name[:i]
     return name
+
+
+_ABI_TAG = re.compile(r"\[abi:[^\]]*\]")
 
 
 def display_name(sym: RawSymbol) -> str:

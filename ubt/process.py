@@ -95,8 +95,7 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
     stop = threading.Event()
 
     def on_hit(raw: RawHit) -> None:  # drain thread: keep it short
-        if launcher is not None and raw.pid == launcher.pid \
-                and not launcher.runs_command_at(raw.time_ns):
+        if launcher is not None and not launcher.runs_command_at(raw.pid, raw.time_ns):
             return  # ubt's fork before exec, or the sh -c wrapper: not the user's command
         tracker.for_hit(raw.pid, raw.regs_pc)
         batch.append(raw)
@@ -105,7 +104,7 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
             batch.clear()
 
     def flush(force: bool = False) -> None:  # drain thread, after each poll
-        # A short batch goes only to an idle walker (or at the end): while the walker is
+        # A short batch is queued only when no batch waits (or at the end): while the walker is
         # behind, batches fill up, so the bounded queue holds whole batches.
         if batch and (force or records.empty()):
             _put(records, batch.copy(), stop)
@@ -120,15 +119,19 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
         _start_line(points, binary, opts)
         if launcher:
             launcher.on_new_process = capture.add_process  # the command's children too
+            launcher.on_process_exit = capture.remove_process
             launcher.release()
         _trace(opts, capture, records, flush, tracker, launcher, stats, out, stop, values)
     finally:
-        capture.close()
-        if launcher:
-            launcher.kill()
+        try:
+            capture.close()
+        finally:
+            if launcher:
+                launcher.kill()
     if opts.pid is not None and not os.path.exists(f"/proc/{opts.pid}"):
         print(f"ubt: process {opts.pid} exited", file=sys.stderr)
-    _end_line(stats, capture)
+    _end_line(stats, capture, launcher)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # _trace ignored it for cleanup
     return 0
 
 
@@ -167,7 +170,7 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
         interrupted.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_sigint)
     drain.start()
     try:
         while not interrupted.is_set() and (opts.max_hits is None
@@ -181,9 +184,12 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
                 continue
             if raws is None:
                 break  # the drain ended: the command exited and the buffer is empty
+            if deadline is not None and time.monotonic() >= deadline:
+                break  # --duration: also when the walker is behind and the queue never empties
             for raw in raws:
                 if interrupted.is_set() or (opts.max_hits is not None
-                                            and stats.hits >= opts.max_hits):
+                                            and stats.hits >= opts.max_hits) \
+                        or (deadline is not None and time.monotonic() >= deadline):
                     break
                 _walk(raw, opts, capture, tracker, pipeline, stats, counts, examples, out,
                       values)
@@ -191,8 +197,10 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
         pass  # the second Ctrl-C
     finally:
         stop.set()
-        drain.join(timeout=5)  # before the ring buffer is freed under its poll
-        signal.signal(signal.SIGINT, previous)
+        # From here to the end line, Ctrl-C changes nothing: the cleanup is short, and an
+        # interrupted one could lose the aggregate or leave the command running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        drain.join()  # before the ring buffer is freed under its poll (each poll <= 100 ms)
         _print_aggregate(opts, counts, examples, out)
 
 
@@ -296,7 +304,7 @@ def _print_aggregate(opts: ProcessOptions, counts: Counter[str], examples: dict[
     out.flush()
 
 
-def _end_line(stats: _Stats, capture: StackCapture) -> None:
+def _end_line(stats: _Stats, capture: StackCapture, launcher: Launcher | None) -> None:
     parts = [f"{stats.hits} hit{'s' if stats.hits != 1 else ''}",
              f"{capture.lost} lost event{'s' if capture.lost != 1 else ''}",
              f"{stats.truncated} truncated stack{'s' if stats.truncated != 1 else ''}"]
@@ -304,4 +312,7 @@ def _end_line(stats: _Stats, capture: StackCapture) -> None:
         parts.append(f"{stats.incomplete} stopped before the outermost frame")
     if stats.no_maps:
         parts.append(f"{stats.no_maps} dropped: process gone before its maps were read")
+    if launcher is not None and launcher.untraced:
+        parts.append(f"{launcher.untraced} of the command's processes not traced "
+                     f"({launcher.untraced_reason})")
     print("ubt: " + ", ".join(parts), file=sys.stderr)

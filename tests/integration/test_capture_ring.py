@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bpf_progs import capture as capture_module
 from bpf_progs.capture import ProbePoint, RawHit, StackCapture
+from bpf_progs.objcache import get_program
 from bpf_progs.uprobe_link import symbol_address
 from ubt.bcc_env import kernel_cflags
 
@@ -71,7 +74,23 @@ def test_small_ring_wraps_and_counts_drops(ring_pages: int, fixture_build: Any,
     prog = str(fixture_build.program_path("hits", "O2-nofp"))
     hits, lost, _ = trace_hits_program(prog, str(tmp_path), ring_pages)
     assert len(hits) + lost == CALLS, f"{len(hits)} received + {lost} lost != {CALLS}"
-    assert lost > 0 and len(hits) > 0
+    assert len(hits) > 0
+    if ring_pages == 16:  # 7 records: 1000 in a few ms are more than Python drains
+        assert lost > 0
     passed = sum(len(h.stack.data) for h in hits)
     assert passed > ring_pages * 4096, "the ring never wrapped around: test too weak"
     assert_intact(hits, prog)
+
+
+def test_cached_program_others_may_write_is_not_loaded(needs_root: None, tmp_path: Any) -> None:
+    """A cached program runs in the kernel: one that another user could have written (group-
+    or world-writable) is compiled again, not loaded; the rewritten file is private again."""
+    source = (Path(capture_module.__file__).with_name("ustack.c")).read_text()
+    defines = ("-DSTACK_CAP=32768",)
+    assert get_program(source, defines, kernel_cflags, "on_hit", str(tmp_path))[1] is False
+    assert get_program(source, defines, kernel_cflags, "on_hit", str(tmp_path))[1] is True
+    (cached,) = (tmp_path / "bpf").glob("*.json")
+    cached.chmod(0o666)
+    assert get_program(source, defines, kernel_cflags, "on_hit", str(tmp_path))[1] is False
+    assert cached.stat().st_mode & 0o777 == 0o600
+    assert get_program(source, defines, kernel_cflags, "on_hit", str(tmp_path))[1] is True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -79,3 +80,39 @@ def test_ctrl_c_ends_the_command_tree(ubt: Any, needs_root: None) -> None:
     assert proc.returncode in (0, 130) and "Traceback" not in err, err
     time.sleep(0.2)
     assert not any(pids_running(m) for m in marks), "members of the command outlived ubt"
+
+
+def test_fork_from_another_thread_is_traced(ubt: Any, needs_root: None, tmp_path: Any) -> None:
+    """ptrace options are per thread: a child forked by a worker thread (as Go, Java or a
+    Python thread pool do) must be traced too."""
+    script = tmp_path / "spawn.py"
+    script.write_text("import subprocess, threading\n"
+                      "t = threading.Thread(target=lambda: subprocess.run(['/bin/ls', '/'],"
+                      " stdout=subprocess.DEVNULL))\n"
+                      "t.start()\nt.join()\n")
+    hits, err = run_json(ubt, f"/usr/bin/python3 {script}")
+    assert [h["comm"] for h in hits if h["comm"] == "ls"] == ["ls"], err
+
+
+def test_the_wrapper_shells_forks_are_not_the_command(ubt: Any, needs_root: None) -> None:
+    """``-c 'ls / | cat'`` runs under ``sh -c``: the shell and its forks before they exec are
+    ubt's wrapper, not the command, so no malloc hit comes from them."""
+    proc = subprocess.run([*ubt_command(), "process", "/bin/ls", "malloc", "-c",
+                           "ls / | cat >/dev/null", "--format", "json"], capture_output=True,
+                          text=True, env=ubt.env, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    comms = {json.loads(ln)["comm"] for ln in proc.stdout.splitlines() if ln.startswith("{")}
+    assert comms and comms <= {"ls", "cat"}, comms
+
+
+def test_many_short_children_do_not_run_out_of_descriptors(ubt: Any, needs_root: None) -> None:
+    """Each traced child gets its own uprobe link (a file descriptor): closed when the child
+    exits, so 400 children fit under a limit of 128 descriptors."""
+    loop = "i=0; while [ $i -lt 400 ]; do /bin/true; i=$((i+1)); done; ls /"
+    argv = " ".join(shlex.quote(a) for a in [*ubt_command(), "process", "/bin/ls", "opendir",
+                                              "-c", loop, "--format", "json"])
+    proc = subprocess.run(["sh", "-c", f"ulimit -n 128; exec {argv}"], capture_output=True,
+                          text=True, env=ubt.env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    end = proc.stderr.strip().splitlines()[-1]
+    assert end.startswith("ubt: 1 hit, 0 lost events") and "not traced" not in end, end
