@@ -34,7 +34,8 @@ class Pipeline:
         self._frames: LRU[tuple[object, ...], tuple[ModuleSet, list[Frame]]] = LRU(1 << 16)
         self._by_pc: LRU[tuple[str, str | None, int], tuple[SymFrame, ...]] = LRU(1 << 16)
         # (id of ModuleSet, (pc, is_activation, method) per frame...) → (that set, frames)
-        self._stacks: LRU[tuple[object, ...], tuple[ModuleSet, tuple[Frame, ...]]] = LRU(4096)
+        self._stacks: LRU[tuple[object, ...], tuple[ModuleSet, tuple[Frame, ...], bool]] = \
+            LRU(4096)
 
     def modules(self, snap: Snapshot) -> ModuleSet:
         """The modules of the snapshot's process, parsed once per distinct memory map. A module
@@ -94,9 +95,11 @@ class Pipeline:
         key = (id(modules), *((f.pc, f.is_activation, f.method) for f in raw_frames))
         cached = self._stacks.get(key)
         if cached is None or cached[0] is not modules:
-            cached = self._stacks[key] = (modules, self._symbolize_stack(modules, raw_frames))
+            frames = self._symbolize_stack(modules, raw_frames)
+            cached = self._stacks[key] = (modules, frames,
+                                          any(f.module is None for f in frames))
         used = max((f.cfa or f.sp for f in raw_frames), default=0) - snap.regs.get(RSP, 0)
-        return StackTrace(cached[1], stop, max(used, 0))
+        return StackTrace(cached[1], stop, max(used, 0), cached[2])
 
     def _symbolize_stack(self, modules: ModuleSet,
                          raw_frames: tuple[RawFrame, ...]) -> tuple[Frame, ...]:

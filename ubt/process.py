@@ -33,7 +33,7 @@ from .pipeline import Pipeline
 from .probes import AttachPoint, resolve_binary, resolve_probes
 from .probespec import parse_probe
 from .snapshot import Snapshot
-from .trace import Hit
+from .trace import Frame, Hit
 from .var_plan import values_at
 
 #: A hit's `--print` values as (label, printed value).
@@ -158,8 +158,7 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
     drain = threading.Thread(target=_drain, args=(capture, records, flush, stop, alive),
                              name="ubt-drain", daemon=True)
     pipeline = Pipeline()
-    counts: Counter[str] = Counter()
-    examples: dict[str, Hit] = {}
+    aggregate = _Aggregate(opts.fmt == "folded")
     deadline = time.monotonic() + opts.duration if opts.duration else None
     # The first Ctrl-C only sets a flag, checked between hits: a hit is printed and counted
     # whole or not at all (a KeyboardInterrupt could land between the two). A second one, in
@@ -191,7 +190,7 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
                                             and stats.hits >= opts.max_hits) \
                         or (deadline is not None and time.monotonic() >= deadline):
                     break
-                _walk(raw, opts, capture, tracker, pipeline, stats, counts, examples, out,
+                _walk(raw, opts, capture, tracker, pipeline, stats, aggregate, out,
                       values)
     except KeyboardInterrupt:
         pass  # the second Ctrl-C
@@ -201,21 +200,18 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
         # interrupted one could lose the aggregate or leave the command running.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         drain.join()  # before the ring buffer is freed under its poll (each poll <= 100 ms)
-        _print_aggregate(opts, counts, examples, out)
+        aggregate.print(opts, out)
 
 
 def _walk(raw: RawHit, opts: ProcessOptions, capture: StackCapture, tracker: MapsTracker,
-          pipeline: Pipeline, stats: _Stats, counts: Counter[str], examples: dict[str, Hit],
-          out: TextIO, values: Values | None = None) -> None:
+          pipeline: Pipeline, stats: _Stats, aggregate: _Aggregate, out: TextIO, values: Values | None = None) -> None:
     """Unwind and symbolize one record; count it (aggregate, folded) or print it."""
     hit = _resolve(raw, tracker, pipeline, capture, stats, values)
     if hit is None:
         return
     stats.hits += 1
     if opts.aggregate or opts.fmt == "folded":
-        key = hit_render.folded_key(hit) if opts.fmt == "folded" else _stack_key(hit)
-        counts[key] += 1
-        examples.setdefault(key, hit)
+        aggregate.add(hit)
     else:
         out.write((hit_render.hit_json(hit) if opts.fmt == "json"
                    else hit_render.hit_text(hit) + "\n") + "\n")
@@ -264,7 +260,7 @@ def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: Sta
         return None
     snap = Snapshot(raw.pid, raw.tid, raw.comm, raw.regs, raw.stack, maps.text, raw.time_ns)
     trace = pipeline.trace(snap)
-    if any(f.module is None for f in trace.frames):
+    if trace.unmapped:
         # a return address outside the maps read so far: a dlopen since; read them again
         fresh = tracker.refresh(raw.pid) or tracker.latest(raw.pid)  # alive, or read at exit
         if fresh is not None and fresh.text != maps.text:
@@ -282,26 +278,47 @@ def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: Sta
                trace, truncated, values(raw) if values is not None else ())
 
 
+class _Aggregate:
+    """Counts per distinct stack (`--aggregate`, `--format folded`), one example hit each."""
+
+    def __init__(self, folded: bool) -> None:
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, Hit] = {}
+        self._folded = folded
+        # the pipeline hands out one frames tuple per distinct stack: its key is made once
+        self._keys: dict[tuple[int, str, str], tuple[tuple[Frame, ...], str]] = {}
+
+    def add(self, hit: Hit) -> None:
+        frames = hit.trace.frames
+        memo = (id(frames), hit.probe, hit.comm)
+        known = self._keys.get(memo)
+        if known is None or known[0] is not frames:
+            if len(self._keys) >= 1 << 16:
+                self._keys.clear()
+            key = hit_render.folded_key(hit) if self._folded else _stack_key(hit)
+            known = self._keys[memo] = (frames, key)
+        key = known[1]
+        self.counts[key] += 1
+        self.examples.setdefault(key, hit)
+
+    def print(self, opts: ProcessOptions, out: TextIO) -> None:
+        """The stacks, least frequent first (the most frequent ends next to the prompt)."""
+        for key, n in sorted(self.counts.items(), key=lambda kv: kv[1]):
+            if opts.fmt == "folded":
+                out.write(f"{key} {n}\n")
+            elif opts.fmt == "json":
+                out.write(hit_render.hit_json(self.examples[key], n) + "\n")
+            else:
+                out.write(hit_render.aggregate_text(n, self.examples[key]) + "\n\n")
+        out.flush()
+
+
 def _stack_key(hit: Hit) -> str:
     """Identical stacks: the same code positions (module + offset, so the same path in two
     processes of a command counts once whatever their load addresses), the same probe."""
     return "\n".join(f"{f.module}+{f.offset:x}:{int(f.inlined)}" if f.module is not None
                      and f.offset is not None else f"{f.pc:x}:{int(f.inlined)}"
                      for f in hit.trace.frames) + hit.probe
-
-
-def _print_aggregate(opts: ProcessOptions, counts: Counter[str], examples: dict[str, Hit],
-                     out: TextIO) -> None:
-    if not counts:
-        return
-    for key, n in sorted(counts.items(), key=lambda kv: kv[1]):
-        if opts.fmt == "folded":
-            out.write(f"{key} {n}\n")
-        elif opts.fmt == "json":
-            out.write(hit_render.hit_json(examples[key], n) + "\n")
-        else:
-            out.write(hit_render.aggregate_text(n, examples[key]) + "\n\n")
-    out.flush()
 
 
 def _end_line(stats: _Stats, capture: StackCapture, launcher: Launcher | None) -> None:

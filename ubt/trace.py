@@ -44,6 +44,8 @@ class StackTrace:
     stop_reason: StopReason
     #: bytes above the initial stack pointer the walk needed (to size later stack copies)
     stack_used: int = 0
+    #: some frame's pc is in no module of the memory map used (a dlopen since it was read?)
+    unmapped: bool = False
 
     @property
     def complete(self) -> bool:

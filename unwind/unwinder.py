@@ -47,6 +47,10 @@ class Method(Enum):
     CFI = "cfi"          #: from its callee's CFI row
     FP = "fp"            #: from its callee's frame pointer (no CFI covered the callee's pc)
 
+    # Members are singletons: identity hashing is exact, and C-level (Enum's own hashes the
+    # name in Python, and a frame's method is part of the per-stack cache key of every hit).
+    __hash__ = object.__hash__
+
 
 class StopReason(Enum):
     """Why a trace ends where it does."""
