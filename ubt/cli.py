@@ -113,7 +113,7 @@ def _leak_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     lk.add_argument("--top", type=int, default=10, metavar="N", help="stacks shown (10)")
     lk.add_argument("--sort", choices=("bytes", "count"), default="bytes")
     lk.add_argument("--sample-rate", type=int, default=1, metavar="N",
-                    help="track one allocation in N, at random")
+                    help="track one allocation in N, at random (counts are then of those)")
     lk.add_argument("-O", "--obj", default="libc.so.6", metavar="LIB",
                     help="the allocator library (default libc.so.6)")
     lk.add_argument("--alloc", action="append", default=[], metavar="LIB:FUNC[:SIZEARG]",
@@ -132,7 +132,7 @@ def cmd_leak(args: argparse.Namespace) -> int:
     return leak.run(leak.LeakOptions(
         command=args.cmd, pid=args.pid, interval=args.interval, count=args.count,
         older_ms=args.older, min_size=args.min_size, max_size=args.max_size, top=args.top,
-        sort=args.sort, sample_rate=max(1, args.sample_rate), lib=args.obj,
+        sort=args.sort, sample_rate=args.sample_rate, lib=args.obj,
         allocs=tuple(args.alloc), frees=tuple(args.free), fd=args.fd, fmt=args.format))
 
 

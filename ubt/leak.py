@@ -97,8 +97,28 @@ class Learner:
         return Snapshot(s.pid, s.tid, "", s.regs, s.stack, maps_text, s.time_ns)
 
 
+def check(opts: LeakOptions) -> None:
+    """Refuse numbers that make no sense (UbtError: one line), before anything is loaded."""
+    if opts.interval is not None and not opts.interval > 0:
+        raise UbtError(f"the interval must be more than 0 seconds, not {opts.interval:g}")
+    if opts.count is not None and opts.count < 1:
+        raise UbtError(f"the count of reports must be at least 1, not {opts.count}")
+    for value, what in ((opts.older_ms, "--older"), (opts.min_size, "-z/--min-size"),
+                        (opts.max_size, "-Z/--max-size")):
+        if value < 0:
+            raise UbtError(f"{what} cannot be negative ({value})")
+    if opts.max_size and opts.min_size > opts.max_size:
+        raise UbtError(f"-z {opts.min_size} is more than -Z {opts.max_size}: nothing would be "
+                       "tracked")
+    if opts.top < 1:
+        raise UbtError(f"--top must be at least 1, not {opts.top}")
+    if opts.sample_rate < 1:
+        raise UbtError(f"--sample-rate must be at least 1, not {opts.sample_rate}")
+
+
 def run(opts: LeakOptions, out: TextIO = sys.stdout) -> int:
     """Trace until the target exits, `count` reports, or Ctrl-C; 0 on success."""
+    check(opts)
     prepare("ubt leak")
     if opts.command is None and opts.pid is None:
         raise UbtError("which process? give -p PID or -c CMD")
@@ -119,8 +139,9 @@ def run(opts: LeakOptions, out: TextIO = sys.stdout) -> int:
                            launcher.kill if launcher else lambda: None)
     learner.capture = capture
     names = ", ".join(dict.fromkeys(a.label for a in allocators))
-    print(f"Tracing {names} in {target.description}... Hit Ctrl-C to end.", file=sys.stderr,
-          flush=True)
+    sampled = f" (1 in {opts.sample_rate} allocations, at random)" if opts.sample_rate > 1 else ""
+    print(f"Tracing {names} in {target.description}{sampled}... Hit Ctrl-C to end.",
+          file=sys.stderr, flush=True)
     try:
         if launcher:
             launcher.release()
@@ -188,7 +209,9 @@ def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
     else:
         when = "at exit" if at_exit else time.strftime("%H:%M:%S")
         age = f" older than {opts.older_ms} ms" if older else ""
-        title = f"[{when}] outstanding {'descriptors' if opts.fd else 'allocations'}{age}"
+        sampled = f", sampled 1 in {opts.sample_rate}" if opts.sample_rate > 1 else ""
+        title = (f"[{when}] outstanding {'descriptors' if opts.fd else 'allocations'}{age}"
+                 f"{sampled}")
         out.write(leak_report.render_text(totals, opts.top, frames, title, opts.fd))
     out.flush()
 

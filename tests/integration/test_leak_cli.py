@@ -68,6 +68,13 @@ def test_named_allocator_pair(ubt: Any, fixture_build: Any) -> None:
      "--alloc"),
     (["--alloc", "libleaky.so:no_such_fn", "--free", "libc.so.6:free"], "no_such_fn"),
     (["--alloc", "libleaky.so:lib_node"], "--alloc and --free go together"),
+    (["--sample-rate", "0"], "--sample-rate must be at least 1, not 0"),
+    (["-z", "-5"], "-z/--min-size cannot be negative (-5)"),
+    (["-z", "100", "-Z", "10"], "-z 100 is more than -Z 10: nothing would be tracked"),
+    (["--top", "0"], "--top must be at least 1, not 0"),
+    (["--older", "-1"], "--older cannot be negative (-1)"),
+    (["0"], "the interval must be more than 0 seconds, not 0"),
+    (["1", "0"], "the count of reports must be at least 1, not 0"),
 ])
 def test_bad_input(ubt: Any, fixture_build: Any, args: list[str], expect: str) -> None:
     program = fixture_build.program_path("leaky", "O2-nofp")
