@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import struct
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -145,7 +146,12 @@ def get_program(source: str, defines: Sequence[str], cflags: Callable[[], Sequen
                 return CompiledProgram.from_json(f.read()), True
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    if sys.stderr.isatty():  # ~0.5 s of silence otherwise, once per program and machine
+        print("ubt: compiling the BPF program (first run; cached for the next ones)...",
+              end="\r", file=sys.stderr, flush=True)
     program = compile_with_bcc(source, [*defines, *cflags()], function)
+    if sys.stderr.isatty():
+        print(" " * 72, end="\r", file=sys.stderr, flush=True)
     tmp = None
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
