@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from .expr import ExprError, evaluate
 from .memory import MemoryFault, MemoryReader, StackBytes
 from .regs import RA, RBP, RSP
+from .sp_walk import reduce_rule, sp_walk
 from .table import RawRule, RuleKind, UnwindTable
 
 _unpack_u64 = struct.Struct("<Q").unpack_from
@@ -62,6 +63,11 @@ class StopReason(Enum):
     PC_ZERO = "pc zero"                      #: the return address is 0
     SP_NOT_INCREASING = "sp not increasing"  #: the caller's sp is not above the callee's
     BAD_CFI = "bad cfi"                      #: a rule could not be evaluated
+
+
+#: How `sp_walk` ended, as the general walk reports it.
+_SP_STOPS = {"end": StopReason.END_OF_STACK, "depth": StopReason.MAX_DEPTH,
+             "zero": StopReason.PC_ZERO}
 
 
 class RawFrame(NamedTuple):
@@ -164,13 +170,18 @@ def _frame_pointer(regs: dict[int, int], memory: MemoryReader, sp: int) -> int:
 class Unwinder:
     """Walks stacks; `lookup` maps an absolute pc to its module's table and load bias."""
 
-    def __init__(self, lookup: Lookup, max_frames: int = 256) -> None:
+    def __init__(self, lookup: Lookup, max_frames: int = 256, sp_walk: bool = True) -> None:
+        """:param sp_walk: try `unwind.sp_walk` first on captured stacks (same results,
+        faster); off only to compare the two."""
         self.lookup = lookup
         self.max_frames = max_frames
+        self.sp_walk = sp_walk
         # lookup address (pc, or pc - 1 for a return address) → its rule, or None: one dict
         # probe per frame where hits walk the same paths (`lookup` must be stable: the caller
         # makes one Unwinder per memory map)
         self._rules: dict[int, RawRule | None] = {}
+        self._sp_rules: dict[int, Any] = {}  # the same, reduced for `sp_walk` (or NOT_SP)
+        self._sp_misses: dict[int, int] = {}  # starting pc → sp walks given up in a row
 
     def _rule_at(self, pc: int, at: int) -> RawRule | None:
         """The CFI rule covering absolute address `at` (found through `pc`'s module)."""
@@ -184,13 +195,49 @@ class Unwinder:
         self._rules[at] = rule
         return rule
 
+    def _sp_rule(self, pc: int, at: int) -> Any:
+        """The row at `at` reduced for `sp_walk` (memoized like `_rule_at`)."""
+        rule = self._rules.get(at, _MISSING)
+        if rule is _MISSING:
+            rule = self._rule_at(pc, at)
+        if len(self._sp_rules) >= _RULE_MEMO:
+            self._sp_rules.clear()
+        reduced = self._sp_rules[at] = reduce_rule(rule)
+        return reduced
+
+    def _try_sp_walk(self, pc: int, sp: int, memory: StackBytes) -> UnwindResult | None:
+        """`sp_walk` when the stack allows it (its result is the general walk's); a start
+        whose walks keep needing the general one is retried only now and then."""
+        misses = self._sp_misses.get(pc, 0)
+        if misses >= 2 and misses & 63:
+            self._sp_misses[pc] = misses + 1
+            return None
+        got = sp_walk(pc, sp, memory.data, memory.base, self.max_frames, self._sp_rules,
+                      self._sp_rule)
+        if got is None:
+            if len(self._sp_misses) >= _RULE_MEMO:
+                self._sp_misses.clear()
+            self._sp_misses[pc] = misses + 1
+            return None
+        if misses:
+            del self._sp_misses[pc]
+        walked, how = got
+        cfi = Method.CFI
+        frames = tuple(_new_frame(RawFrame, (f_pc, f_sp, f_cfa, act, cfi if n else Method.INITIAL))
+                       for n, (f_pc, f_sp, f_cfa, act) in enumerate(walked))
+        return UnwindResult(frames, _SP_STOPS[how])
+
     def unwind(self, regs: Mapping[int, int], memory: MemoryReader) -> UnwindResult:
         """Unwind from `regs` (DWARF number → value) reading saved values from `memory`."""
-        regs = dict(regs)
         pc = regs.get(RA)
         sp = regs.get(RSP)
         if pc is None or sp is None:
             return UnwindResult((), StopReason.BAD_CFI, "registers lack rip or rsp")
+        if self.sp_walk and isinstance(memory, StackBytes):
+            quick = self._try_sp_walk(pc, sp, memory)
+            if quick is not None:
+                return quick
+        regs = dict(regs)
         rules = self._rules
         max_frames = self.max_frames
         frames: list[RawFrame] = []

@@ -279,3 +279,26 @@ def test_unknown_pc_without_frame_pointer_is_no_unwind_info(chain: Fixture) -> N
     result = Unwinder(lambda pc: None).unwind({**regs, 6: 0}, stack)
     assert result.stop_reason is StopReason.NO_UNWIND_INFO
     assert [f.pc for f in result.frames] == [regs[RA]]
+
+
+@pytest.mark.parametrize("program", ["O2-nofp/chain-O2-nofp", "O2-nofp/threads-O2-nofp",
+                                     "O0/chain-O0", "O0/cxx-O0", "debugframe/chain-debugframe"])
+def test_sp_walk_equals_the_general_walk(program: str) -> None:
+    """The rsp-only walk (unwind.sp_walk) gives the general walk's result exactly, whole stacks
+    and stacks cut short (memory faults) or limited in depth; where it cannot, it declines.
+    It must also really be used: the O2 chain's stack is walked by it."""
+    used = 0
+    for fx in _run(BUILD / program):
+        lookup = ModuleLookup(fx.capture.maps)
+        for tid in fx.capture.threads:
+            regs, stack = fx.capture.threads[tid]
+            cuts = [stack] + [StackBytes(stack.base, stack.data[:n])
+                              for n in (16, 600, 2048, 4096, 8192)]
+            for mem in cuts:
+                for depth in (1, 3, 7, 256):
+                    quick = Unwinder(lookup, max_frames=depth)
+                    slow = Unwinder(lookup, max_frames=depth, sp_walk=False)
+                    assert quick.unwind(regs, mem) == slow.unwind(regs, mem), (tid, depth)
+                    used += quick._try_sp_walk(regs[RA], regs[RSP], mem) is not None
+    if program.startswith("O2-nofp/chain"):
+        assert used > 0
