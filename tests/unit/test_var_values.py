@@ -1,0 +1,76 @@
+"""Values at probes without BPF: types read from small compiled programs, locations from
+hand-made DWARF expressions, plans and printing (`symbolizer.var_types`, `var_fetch`,
+`ubt.var_plan`, `ubt.values`)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from symbolizer.dwarf_attrs import AT_NAME, AT_TYPE, DieReader
+from symbolizer.dwarf_sections import LOCATION_SECTIONS, load_sections
+from symbolizer.dwarf_types import TypeNamer
+from symbolizer.dwarf_units import DwarfFile
+from symbolizer.var_types import CType, TypeReader
+from ubt.values import format_value, shape_of
+
+TAG_VARIABLE = 0x34
+
+
+def _compile(tmp_path: Path, source: str, suffix: str, *flags: str) -> str:
+    compiler = "g++" if suffix == ".cc" else "gcc"
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} is not installed")
+    src = tmp_path / ("prog" + suffix)
+    src.write_text(source)
+    out = tmp_path / "prog"           # linked: an object file's DWARF has relocations left
+    subprocess.run([compiler, "-g", *flags, "-o", str(out), str(src)], check=True)
+    return str(out)
+
+
+def _globals(path: str) -> tuple[TypeReader, dict[str, CType]]:
+    """The types of the global variables of an object file, by name."""
+    dfile = DwarfFile(load_sections(path, LOCATION_SECTIONS))
+    reader = DieReader(dfile)
+    types = TypeReader(reader, TypeNamer(reader))
+    out = {}
+    for unit in dfile.units:
+        for die in reader.children(reader.die(dfile, unit.die_offset)):
+            name = die.str_attr(AT_NAME)
+            if die.tag == TAG_VARIABLE and name:
+                out[name] = types.of(reader.ref(die, AT_TYPE))
+    return types, out
+
+
+ENUMS = """
+#include <stdint.h>
+typedef int32_t myint;
+enum class E : int32_t { NEG = -1, ONE = 1 };
+enum class F : myint { FNEG = -2, FONE = 1 };
+enum class U : uint32_t { BIG = 0xffffffff };
+E e = E::NEG; F f = F::FNEG; U u = U::BIG;
+int main() { return 0; }
+"""
+
+
+@pytest.mark.parametrize("flags", [(), ("-gdwarf-4", "-gstrict-dwarf")],
+                         ids=["encoding", "typedef-underlying"])
+def test_enum_signedness(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    types, found = _globals(_compile(tmp_path, ENUMS, ".cc", *flags))
+    text = {n: format_value(shape_of(types, t), b) for (n, t), b in
+            zip(sorted(found.items()), [b"\xff\xff\xff\xff", b"\xfe\xff\xff\xff",
+                                        b"\xff\xff\xff\xff"])}
+    assert text == {"e": "NEG", "f": "FNEG", "u": "BIG"}
+    assert found["e"].signed and found["f"].signed and not found["u"].signed
+    assert format_value(shape_of(types, found["e"]), b"\xfe\xff\xff\xff") == "-2"
+
+
+def test_enum_without_type_signed_by_its_enumerators(tmp_path: Path) -> None:
+    src = "enum G { GNEG = -3, GONE = 1 };\nenum G g = GNEG;\nenum H { H1 = 1 } h;\n"
+    src += "int main(void) { return 0; }\n"
+    types, found = _globals(_compile(tmp_path, src, ".c", "-gdwarf-2", "-gstrict-dwarf"))
+    assert found["g"].signed and not found["h"].signed
+    assert format_value(shape_of(types, found["g"]), b"\xfd\xff\xff\xff") == "GNEG"
+    assert format_value(shape_of(types, found["g"]), b"\xfc\xff\xff\xff") == "-4"
