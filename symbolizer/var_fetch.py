@@ -141,6 +141,13 @@ def locate(expr: bytes, size: int, ctx: PcContext) -> Located:
     """
     if not expr:
         raise Unavailable("no location here")
+    try:
+        return _locate(expr, size, ctx)
+    except IndexError:
+        raise Unavailable("a truncated location expression") from None
+
+
+def _locate(expr: bytes, size: int, ctx: PcContext) -> Located:
     parts = _split_pieces(expr)
     if parts is None:
         return Located(((size, _piece(expr, size, ctx)),), _memory_address(expr, ctx),
@@ -223,6 +230,8 @@ def _translate(expr: bytes, size: int, ctx: PcContext) -> Source:
     if op == _OP_REGX and _skip(expr, 0) == len(expr):
         return Fetch(Address(read_uleb(expr, 1)[0], 0), size, FetchMode.VALUE)
     if op == _OP_IMPLICIT_VALUE:
+        if _skip(expr, 0) != len(expr):
+            raise Unavailable("a location ubt cannot translate")
         length, pos = read_uleb(expr, 1)
         return expr[pos:pos + length]
     if op in (_OP_ENTRY_VALUE, _OP_GNU_ENTRY_VALUE):
@@ -322,28 +331,52 @@ def _user_space_ok(expr: bytes) -> bool:
     return True
 
 
+# Operands of each operation (DWARF 5 table 7.9 and the GNU extensions), for skipping: "U"
+# an unsigned LEB128, "S" a signed one, a digit that many bytes, "B" a block of ULEB length,
+# "T" a typed constant (a byte of length, then that many bytes). Operations not listed (and
+# operands whose size is not known here: call_ref, GNU_encoded_addr, GNU_variable_value) make
+# the location unavailable.
+_OPERANDS: dict[int, str] = {
+    _OP_ADDR: "8", **{op: str(n) for op, (n, _) in _CONST_SIZES.items()},
+    _OP_CONSTU: "U", _OP_CONSTS: "S", 0x15: "1", _OP_PLUS_UCONST: "U", 0x28: "2", 0x2F: "2",
+    **{op: "" for op in (0x06, *range(0x12, 0x15), *range(0x16, 0x23), *range(0x24, 0x28),
+                         *range(0x29, 0x2F), *range(_OP_LIT0, _OP_REG31 + 1))},
+    **{op: "S" for op in range(_OP_BREG0, _OP_BREG31 + 1)},
+    _OP_REGX: "U", _OP_FBREG: "S", _OP_BREGX: "US", _OP_PIECE: "U", 0x94: "1", 0x95: "1",
+    _OP_NOP: "", 0x97: "", 0x98: "2", 0x99: "4", 0x9B: "", _OP_CALL_FRAME_CFA: "",
+    0x9D: "UU", _OP_IMPLICIT_VALUE: "B", _OP_STACK_VALUE: "",
+    0xA0: "4S", 0xA1: "U", 0xA2: "U", _OP_ENTRY_VALUE: "B", 0xA4: "UT", 0xA5: "UU",
+    0xA6: "1U", 0xA7: "1U", 0xA8: "U", 0xA9: "U",
+    0xE0: "", 0xF0: "", 0xF2: "4S", _OP_GNU_ENTRY_VALUE: "B", 0xF4: "UT", 0xF5: "UU",
+    0xF6: "1U", 0xF7: "U", 0xF9: "U", 0xFA: "4", 0xFB: "U", 0xFC: "U",
+}
+
+
 def _skip(expr: bytes, pos: int) -> int:
-    """The position after the operation at `pos` (with its operands)."""
-    op = expr[pos]
+    """The position after the operation at `pos` (with its operands).
+
+    :raises Unavailable: an operation whose operands are not known, or operands running past
+        the end of `expr`.
+    """
+    kinds = _OPERANDS.get(expr[pos])
+    if kinds is None:
+        raise Unavailable(f"a location with DWARF operation 0x{expr[pos]:02x}")
     pos += 1
-    if op == _OP_ADDR:
-        return pos + 8
-    if op in _CONST_SIZES:
-        return pos + _CONST_SIZES[op][0]
-    if op in (0x15, 0x94):                      # pick, deref_size
-        return pos + 1
-    if op in (0x28, 0x2F):                      # bra, skip
-        return pos + 2
-    if op in (_OP_CONSTU, _OP_CONSTS, _OP_PLUS_UCONST, _OP_REGX, _OP_FBREG, _OP_PIECE) or \
-            _OP_BREG0 <= op <= _OP_BREG31:
-        return read_uleb(expr, pos)[1]
-    if op == _OP_BREGX:
-        return read_uleb(expr, read_uleb(expr, pos)[1])[1]
-    if op in (_OP_IMPLICIT_VALUE, _OP_ENTRY_VALUE, _OP_GNU_ENTRY_VALUE):
-        length, pos = read_uleb(expr, pos)
-        return pos + length
-    if op in (0xA0, 0xF2):                      # implicit_pointer: DIE offset, sleb
-        return read_uleb(expr, pos + 4)[1]
-    if op == 0x9D:                              # bit_piece
-        return read_uleb(expr, read_uleb(expr, pos)[1])[1]
+    try:
+        for kind in kinds:
+            if kind == "U":
+                pos = read_uleb(expr, pos)[1]
+            elif kind == "S":
+                pos = read_sleb(expr, pos)[1]
+            elif kind == "B":
+                length, pos = read_uleb(expr, pos)
+                pos += length
+            elif kind == "T":
+                pos += 1 + expr[pos]
+            else:
+                pos += int(kind)
+    except IndexError:
+        pos = len(expr) + 1
+    if pos > len(expr):
+        raise Unavailable("a truncated location expression")
     return pos

@@ -13,6 +13,7 @@ from symbolizer.dwarf_attrs import AT_NAME, AT_TYPE, DieReader
 from symbolizer.dwarf_sections import LOCATION_SECTIONS, load_sections
 from symbolizer.dwarf_types import TypeNamer
 from symbolizer.dwarf_units import DwarfFile
+from symbolizer.var_fetch import Fetch, PcContext, Unavailable, locate
 from symbolizer.var_types import CType, TypeReader
 from ubt.values import format_value, shape_of
 
@@ -74,3 +75,45 @@ def test_enum_without_type_signed_by_its_enumerators(tmp_path: Path) -> None:
     assert found["g"].signed and not found["h"].signed
     assert format_value(shape_of(types, found["g"]), b"\xfd\xff\xff\xff") == "GNEG"
     assert format_value(shape_of(types, found["g"]), b"\xfc\xff\xff\xff") == "-4"
+
+
+CTX = PcContext(frame_base=bytes([0x9C]), cfa=(7, 8), at_entry=False)
+
+
+@pytest.mark.parametrize("hexexpr", [
+    "50 93 04 F5 00 93",                # GNU_regval_type's operand 0x93 is not a piece
+    "50 93 04 A5 00 93",                # regval_type
+    "50 93 04 A8 93 93 04",             # convert
+    "50 93 04 A4 93 02 93 04",          # const_type: ULEB, a length byte, that many bytes
+    "50 93 04 F4 93 02 93 04",
+    "50 93 04 A6 93 93",                # deref_type: a byte, then a ULEB
+    "50 93 04 A1 93 93 04",             # addrx
+    "50 93 04 A2 93",                   # constx
+    "50 93 04 98 93 00",                # call2
+    "50 93 04 99 93 00 00 00",          # call4
+    "50 93 04 FA 93 00 00 00",          # GNU_parameter_ref
+    "50 93 04 9A 93 00 00 00",          # call_ref: operand size unknown here
+    "50 93 04 F1 00 93",                # GNU_encoded_addr: not decoded
+    "50 93 04 07 93 04",                # reserved opcode
+    "50 93",                            # piece without its size
+    "91",                               # fbreg without its offset
+    "9E 08 01",                         # implicit_value shorter than its length
+    "70 80 80",                         # breg0 with a LEB running past the end
+])
+def test_location_with_unknown_or_cut_operands_is_unavailable(hexexpr: str) -> None:
+    expr = bytes.fromhex(hexexpr)
+    try:
+        loc = locate(expr, 8, CTX)
+    except Unavailable:
+        return
+    # Pieces found at op boundaries only: the op after a piece is never taken for a piece.
+    assert [n for n, _ in loc.pieces] != [4, 4], hexexpr
+
+
+def test_pieces_after_operations_with_operands_still_split() -> None:
+    loc = locate(bytes.fromhex("70 93 01 93 04 51 93 04"), 8, CTX)   # breg0 147; reg1
+    assert [n for n, _ in loc.pieces] == [4, 4]
+    src = loc.pieces[0][1]
+    assert isinstance(src, Fetch) and src.address.base == 0 and src.address.offset == 147
+    only = locate(bytes.fromhex("A1 93 01 93 04"), 4, CTX)     # an addrx piece: ?
+    assert only.pieces == ((4, None),)
