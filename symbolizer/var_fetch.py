@@ -44,6 +44,9 @@ _CONST_SIZES = {0x08: (1, False), 0x09: (1, True), 0x0A: (2, False), 0x0B: (2, T
 _USER_SPACE_OPS = frozenset([*range(0x06, 0x50), *range(0x70, 0x90), 0x92, 0x94, 0x96, 0x9C,
                              0x9F])
 _MASK = (1 << 64) - 1
+#: DWARF registers (x86-64) a uprobe sees: the general-purpose ones and the return address.
+#: A value in another (xmm, x87, ...) is unavailable.
+GENERAL_REGISTERS = range(17)
 
 
 class Unavailable(Exception):
@@ -222,6 +225,17 @@ def _memory_address(expr: bytes, ctx: PcContext) -> Address | None:
 
 
 def _translate(expr: bytes, size: int, ctx: PcContext) -> Source:
+    src = _translate_any(expr, size, ctx)
+    if isinstance(src, Fetch):
+        if src.address.base >= 0 and src.address.base not in GENERAL_REGISTERS:
+            raise Unavailable(f"a value in DWARF register {src.address.base} (not a "
+                              "general-purpose register)")
+        if src.mode is FetchMode.VALUE and src.size > 8:
+            raise Unavailable("a register value larger than 8 bytes")
+    return src
+
+
+def _translate_any(expr: bytes, size: int, ctx: PcContext) -> Source:
     if not expr:
         raise Unavailable("optimized out")
     op = expr[0]

@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from bpf_progs.fetch_gen import generate
 from symbolizer.dwarf_attrs import AT_NAME, AT_TYPE, DieReader
+from symbolizer.dwarf_locations import Location, LocationEntry
+from symbolizer.dwarf_scopes import Variable
 from symbolizer.dwarf_sections import LOCATION_SECTIONS, load_sections
 from symbolizer.dwarf_types import TypeNamer
 from symbolizer.dwarf_units import DwarfFile
 from symbolizer.var_fetch import Fetch, PcContext, Unavailable, locate
 from symbolizer.var_types import CType, TypeReader
 from ubt.values import format_value, shape_of
+from ubt.var_plan import ProbePlan, plan_probe, values_at
+from unwind.memory import StackBytes
 
 TAG_VARIABLE = 0x34
 
@@ -117,3 +122,35 @@ def test_pieces_after_operations_with_operands_still_split() -> None:
     assert isinstance(src, Fetch) and src.address.base == 0 and src.address.offset == 147
     only = locate(bytes.fromhex("A1 93 01 93 04"), 4, CTX)     # an addrx piece: ?
     assert only.pieces == ((4, None),)
+
+
+PLAN_SRC = """
+struct pt { int x; int y; };
+double d; long l; void *vp; const char *s; struct pt p; struct pt *pp;
+int main(void) { return 0; }
+"""
+
+
+def _plan(tmp_path: Path, words: list[str], where: dict[str, str]) -> ProbePlan:
+    """A plan for `words` with the globals of `PLAN_SRC` located by `where` (name → hex
+    expression)."""
+    types, found = _globals(_compile(tmp_path, PLAN_SRC, ".c"))
+    in_scope = [(Variable(name, found[name].name, True,
+                          Location((LocationEntry(0, 1 << 63, bytes.fromhex(expr)),), False),
+                          None, i), found[name])
+                for i, (name, expr) in enumerate(where.items())]
+    return plan_probe("p", words, in_scope, set(range(len(where))), 0x1000, CTX, types)
+
+
+def test_values_in_vector_registers_are_unavailable(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, ["$$vars"], {"d": "61", "l": "50", "p": "50 93 04 62 93 04"})
+    generate([(0x1000, plan.fetches)])      # no FetchError: xmm0/xmm1 are not fetched
+    errors = {item.label: item.error for item in plan.items}
+    assert errors["d"] is not None and errors["l"] is None and errors["p"] is None
+    assert plan.items[2].parts[1] == (4, None)      # p.y in xmm1: ?, p.x still read
+    values = dict(values_at(plan, bytes(plan.layout.size), {}, StackBytes(0, b"")))
+    assert values["d"] == "?"
+    with pytest.raises(Unavailable):
+        locate(b"\x50", 16, CTX)            # 16 bytes in one register: not a VALUE fetch
+    with pytest.raises(Unavailable):
+        locate(bytes.fromhex("90 11"), 8, CTX)              # regx 17
