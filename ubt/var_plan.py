@@ -173,6 +173,9 @@ class _Planner:
             if t.kind not in (TypeKind.ARRAY, TypeKind.POINTER) or t.die is None:
                 raise UbtError(f"${label}: {t.name} is not an array or pointer")
             elem = self.types.target(t)
+            if elem.kind is TypeKind.VOID or not elem.size:
+                raise UbtError(f"${label}: cannot index {t.name}: its elements have no "
+                               f"known size ({elem.name})")
             n = int(index)
             if t.kind is TypeKind.ARRAY and t.count is not None and n >= t.count:
                 raise UbtError(f"${label}: index {n} is past the end of {t.name} "
@@ -184,6 +187,8 @@ class _Planner:
             if t.kind is not TypeKind.POINTER or t.die is None:
                 raise UbtError(f"${label}: -> on {t.name}, which is not a pointer")
             agg = self.types.target(t)
+            if agg.kind is TypeKind.VOID:
+                raise UbtError(f"${label}: -> on {t.name}, a pointer to void")
         if agg.kind not in (TypeKind.STRUCT, TypeKind.UNION):
             raise UbtError(f"${label}: {agg.name} has no members"
                            + (" (use -> for a pointer)" if agg.kind is TypeKind.POINTER else ""))

@@ -18,6 +18,7 @@ from symbolizer.dwarf_types import TypeNamer
 from symbolizer.dwarf_units import DwarfFile
 from symbolizer.var_fetch import Fetch, PcContext, Unavailable, locate
 from symbolizer.var_types import CType, TypeReader
+from ubt.errors import UbtError
 from ubt.values import format_value, shape_of
 from ubt.var_plan import ProbePlan, plan_probe, values_at
 from unwind.memory import StackBytes
@@ -154,3 +155,13 @@ def test_values_in_vector_registers_are_unavailable(tmp_path: Path) -> None:
         locate(b"\x50", 16, CTX)            # 16 bytes in one register: not a VALUE fetch
     with pytest.raises(Unavailable):
         locate(bytes.fromhex("90 11"), 8, CTX)              # regx 17
+
+
+@pytest.mark.parametrize("word, message", [
+    ("$vp[2]", "$vp[2]: cannot index void*: its elements have no known size (void)"),
+    ("$vp->x", "$vp->x: -> on void*, a pointer to void"),
+])
+def test_void_pointer_access_is_refused(tmp_path: Path, word: str, message: str) -> None:
+    with pytest.raises(UbtError) as err:
+        _plan(tmp_path, [word], {"vp": "50"})
+    assert str(err.value) == message
