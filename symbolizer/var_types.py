@@ -147,8 +147,9 @@ class TypeReader:
         dims: list[int | None] = []
         for child in self._reader.children(die):
             if child.tag == TAG_SUBRANGE:
-                count = child.int_attr(AT_COUNT)
-                upper = child.int_attr(AT_UPPER_BOUND)
+                # A reference form names the variable holding the bound (a VLA): unknown.
+                count, upper = (None if self._reader.is_reference(child, code) else
+                                child.int_attr(code) for code in (AT_COUNT, AT_UPPER_BOUND))
                 dims.append(count if count is not None else
                             None if upper is None or upper >= 1 << 62 else upper + 1)
         elem = self.of(self._reader.ref(die, AT_TYPE))

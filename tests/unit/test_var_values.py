@@ -165,3 +165,26 @@ def test_void_pointer_access_is_refused(tmp_path: Path, word: str, message: str)
     with pytest.raises(UbtError) as err:
         _plan(tmp_path, [word], {"vp": "50"})
     assert str(err.value) == message
+
+
+def test_vla_bound_by_reference_is_unknown(tmp_path: Path) -> None:
+    """gcc -O1 gives an inlined VLA's DW_AT_upper_bound as a reference to the variable
+    holding it: its DIE offset is not the length."""
+    src = ("static inline int f(int n) { volatile int a[n]; a[0] = n; return a[0]; }\n"
+           "int g(int n) { return f(n); }\nint main(int c, char **v) { return g(c); }\n")
+    path = _compile(tmp_path, src, ".c", "-O1")
+    dfile = DwarfFile(load_sections(path, LOCATION_SECTIONS))
+    reader = DieReader(dfile)
+    types = TypeReader(reader, TypeNamer(reader))
+    arrays, refs = [], 0
+    todo = [reader.die(dfile, u.die_offset) for u in dfile.units]
+    while todo:
+        die = todo.pop()
+        kids = reader.children(die)
+        todo.extend(kids)
+        if die.tag == 0x01:                                 # DW_TAG_array_type
+            arrays.append(types.of(die))
+            refs += sum(reader.is_reference(k, 0x2F) for k in kids)
+    if not refs:
+        pytest.skip("this gcc gives no VLA bound by reference")
+    assert arrays and all(t.count is None and t.dims == (None,) for t in arrays), arrays
