@@ -30,7 +30,7 @@ from unwind.expr import ExprError, evaluate
 from unwind.memory import MemoryFault, MemoryReader
 
 from .errors import UbtError, UsageError
-from .values import MAX_STRING, Shape, format_value, shape_of
+from .values import STRING_FETCH, Shape, format_value, shape_of
 
 _ITEM = re.compile(r"\$\$(?P<group>vars|locals|parms)(?P<pretty1>\$?)$|"
                    r"\$(?P<name>[A-Za-z_]\w*)(?P<path>(?:->\w+|\.\w+|\[\d+\])*)(?P<pretty>\$?)$")
@@ -220,7 +220,7 @@ class _Planner:
     def _string(self, loc: Located) -> int | None:
         """The fetch of the string the ``char *`` at `loc` points to (None: not followable)."""
         try:
-            return self.fetch(Fetch(pointer_value(loc), MAX_STRING, FetchMode.STRING))
+            return self.fetch(Fetch(pointer_value(loc), STRING_FETCH, FetchMode.STRING))
         except Unavailable:
             return None
 

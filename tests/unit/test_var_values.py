@@ -188,3 +188,20 @@ def test_vla_bound_by_reference_is_unknown(tmp_path: Path) -> None:
     if not refs:
         pytest.skip("this gcc gives no VLA bound by reference")
     assert arrays and all(t.count is None and t.dims == (None,) for t in arrays), arrays
+
+
+@pytest.mark.parametrize("length, printed", [
+    (127, '"' + "a" * 127 + '"'), (128, '"' + "a" * 128 + '"'),
+    (129, '"' + "a" * 128 + '"...'), (500, '"' + "a" * 128 + '"...'),
+])
+def test_long_string_is_marked_cut(tmp_path: Path, length: int, printed: str) -> None:
+    plan = _plan(tmp_path, ["$s"], {"s": "50"})
+    string = plan.items[0].string
+    assert string is not None
+    area = bytearray(plan.layout.size)
+    area[:len(plan.fetches)] = b"\1" * len(plan.fetches)
+    value, at = plan.layout.offsets[0], plan.layout.offsets[string]
+    area[value:value + 8] = (0x1000).to_bytes(8, "little")
+    size = plan.fetches[string].size               # what bpf_probe_read_user_str leaves
+    area[at:at + size] = (b"a" * length)[:size - 1].ljust(size, b"\0")
+    assert values_at(plan, bytes(area), {}, StackBytes(0, b"")) == [("s", printed)]
