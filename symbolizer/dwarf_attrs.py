@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from symbolizer.dwarf_dies import die_ranges
 from symbolizer.dwarf_forms import (
     NUM_SLOTS, R_CSTR, R_INDIRECT, R_NONE, R_SLEB, R_ULEB,
-    V_ADDRX, V_LINE_STRP, V_LOCLISTX, V_OTHER, V_REF_ALT, V_REF_UNIT, V_STR_INLINE, V_STRP,
-    V_STRP_ALT, V_STRX, Abbrev, AttrSpec, form_meaning, form_reader, read_sleb, read_uleb,
+    V_ADDRX, V_LINE_STRP, V_LOCLISTX, V_OTHER, V_REF_ALT, V_REF_INFO, V_REF_UNIT, V_STR_INLINE,
+    V_STRP, V_STRP_ALT, V_STRX, Abbrev, AttrSpec, form_meaning, form_reader, read_sleb, read_uleb,
 )
 from symbolizer.dwarf_sections import DwarfError
 from symbolizer.dwarf_units import ALT_REF, DwarfFile, UnitHeader, UnitRoot, block_size
@@ -38,6 +38,7 @@ AT_CALL_FILE, AT_CALL_LINE, AT_LOCLISTS_BASE, AT_PROTOTYPED = 0x58, 0x59, 0x8C, 
 AT_PRODUCER = 0x25
 
 _STRING_MEANINGS = frozenset((V_STR_INLINE, V_STRP, V_LINE_STRP, V_STRX, V_STRP_ALT))
+_REF_MEANINGS = frozenset((V_REF_UNIT, V_REF_INFO, V_REF_ALT))
 _MAX_CHAIN = 16             # longer origin chains are cycles in corrupt data
 
 AttrValue = int | str | bytes
@@ -100,6 +101,19 @@ class DieReader:
             alt = die.dfile.alt
             return None if alt is None else self.die(alt, value & ~ALT_REF)
         return self.die(die.dfile, value)
+
+    def is_reference(self, die: Die, code: int) -> bool:
+        """Whether attribute `code` of `die` has a reference form (a ``DW_AT_count`` or bound
+        naming the DIE that holds the value, not the value); also True for an indirect form,
+        which this does not decode."""
+        abbrev_code = read_uleb(die.dfile.sections.info, die.offset)[0]
+        abbrev = die.dfile.abbrevs(die.unit).get(abbrev_code)
+        if abbrev is None:
+            return False
+        for attr_code, spec in zip(abbrev.codes, abbrev.attrs):
+            if attr_code == code:
+                return spec.reader == R_INDIRECT or spec.meaning in _REF_MEANINGS
+        return False
 
     def integrated(self, die: Die, code: int) -> AttrValue | None:
         """The attribute from `die` or, like libdw's ``dwarf_attr_integrate``, from the DIEs its

@@ -44,6 +44,9 @@ _CONST_SIZES = {0x08: (1, False), 0x09: (1, True), 0x0A: (2, False), 0x0B: (2, T
 _USER_SPACE_OPS = frozenset([*range(0x06, 0x50), *range(0x70, 0x90), 0x92, 0x94, 0x96, 0x9C,
                              0x9F])
 _MASK = (1 << 64) - 1
+#: DWARF registers (x86-64) a uprobe sees: the general-purpose ones and the return address.
+#: A value in another (xmm, x87, ...) is unavailable.
+GENERAL_REGISTERS = range(17)
 
 
 class Unavailable(Exception):
@@ -141,6 +144,13 @@ def locate(expr: bytes, size: int, ctx: PcContext) -> Located:
     """
     if not expr:
         raise Unavailable("no location here")
+    try:
+        return _locate(expr, size, ctx)
+    except IndexError:
+        raise Unavailable("a truncated location expression") from None
+
+
+def _locate(expr: bytes, size: int, ctx: PcContext) -> Located:
     parts = _split_pieces(expr)
     if parts is None:
         return Located(((size, _piece(expr, size, ctx)),), _memory_address(expr, ctx),
@@ -215,6 +225,17 @@ def _memory_address(expr: bytes, ctx: PcContext) -> Address | None:
 
 
 def _translate(expr: bytes, size: int, ctx: PcContext) -> Source:
+    src = _translate_any(expr, size, ctx)
+    if isinstance(src, Fetch):
+        if src.address.base >= 0 and src.address.base not in GENERAL_REGISTERS:
+            raise Unavailable(f"a value in DWARF register {src.address.base} (not a "
+                              "general-purpose register)")
+        if src.mode is FetchMode.VALUE and src.size > 8:
+            raise Unavailable("a register value larger than 8 bytes")
+    return src
+
+
+def _translate_any(expr: bytes, size: int, ctx: PcContext) -> Source:
     if not expr:
         raise Unavailable("optimized out")
     op = expr[0]
@@ -223,6 +244,8 @@ def _translate(expr: bytes, size: int, ctx: PcContext) -> Source:
     if op == _OP_REGX and _skip(expr, 0) == len(expr):
         return Fetch(Address(read_uleb(expr, 1)[0], 0), size, FetchMode.VALUE)
     if op == _OP_IMPLICIT_VALUE:
+        if _skip(expr, 0) != len(expr):
+            raise Unavailable("a location ubt cannot translate")
         length, pos = read_uleb(expr, 1)
         return expr[pos:pos + length]
     if op in (_OP_ENTRY_VALUE, _OP_GNU_ENTRY_VALUE):
@@ -322,28 +345,52 @@ def _user_space_ok(expr: bytes) -> bool:
     return True
 
 
+# Operands of each operation (DWARF 5 table 7.9 and the GNU extensions), for skipping: "U"
+# an unsigned LEB128, "S" a signed one, a digit that many bytes, "B" a block of ULEB length,
+# "T" a typed constant (a byte of length, then that many bytes). Operations not listed (and
+# operands whose size is not known here: call_ref, GNU_encoded_addr, GNU_variable_value) make
+# the location unavailable.
+_OPERANDS: dict[int, str] = {
+    _OP_ADDR: "8", **{op: str(n) for op, (n, _) in _CONST_SIZES.items()},
+    _OP_CONSTU: "U", _OP_CONSTS: "S", 0x15: "1", _OP_PLUS_UCONST: "U", 0x28: "2", 0x2F: "2",
+    **{op: "" for op in (0x06, *range(0x12, 0x15), *range(0x16, 0x23), *range(0x24, 0x28),
+                         *range(0x29, 0x2F), *range(_OP_LIT0, _OP_REG31 + 1))},
+    **{op: "S" for op in range(_OP_BREG0, _OP_BREG31 + 1)},
+    _OP_REGX: "U", _OP_FBREG: "S", _OP_BREGX: "US", _OP_PIECE: "U", 0x94: "1", 0x95: "1",
+    _OP_NOP: "", 0x97: "", 0x98: "2", 0x99: "4", 0x9B: "", _OP_CALL_FRAME_CFA: "",
+    0x9D: "UU", _OP_IMPLICIT_VALUE: "B", _OP_STACK_VALUE: "",
+    0xA0: "4S", 0xA1: "U", 0xA2: "U", _OP_ENTRY_VALUE: "B", 0xA4: "UT", 0xA5: "UU",
+    0xA6: "1U", 0xA7: "1U", 0xA8: "U", 0xA9: "U",
+    0xE0: "", 0xF0: "", 0xF2: "4S", _OP_GNU_ENTRY_VALUE: "B", 0xF4: "UT", 0xF5: "UU",
+    0xF6: "1U", 0xF7: "U", 0xF9: "U", 0xFA: "4", 0xFB: "U", 0xFC: "U",
+}
+
+
 def _skip(expr: bytes, pos: int) -> int:
-    """The position after the operation at `pos` (with its operands)."""
-    op = expr[pos]
+    """The position after the operation at `pos` (with its operands).
+
+    :raises Unavailable: an operation whose operands are not known, or operands running past
+        the end of `expr`.
+    """
+    kinds = _OPERANDS.get(expr[pos])
+    if kinds is None:
+        raise Unavailable(f"a location with DWARF operation 0x{expr[pos]:02x}")
     pos += 1
-    if op == _OP_ADDR:
-        return pos + 8
-    if op in _CONST_SIZES:
-        return pos + _CONST_SIZES[op][0]
-    if op in (0x15, 0x94):                      # pick, deref_size
-        return pos + 1
-    if op in (0x28, 0x2F):                      # bra, skip
-        return pos + 2
-    if op in (_OP_CONSTU, _OP_CONSTS, _OP_PLUS_UCONST, _OP_REGX, _OP_FBREG, _OP_PIECE) or \
-            _OP_BREG0 <= op <= _OP_BREG31:
-        return read_uleb(expr, pos)[1]
-    if op == _OP_BREGX:
-        return read_uleb(expr, read_uleb(expr, pos)[1])[1]
-    if op in (_OP_IMPLICIT_VALUE, _OP_ENTRY_VALUE, _OP_GNU_ENTRY_VALUE):
-        length, pos = read_uleb(expr, pos)
-        return pos + length
-    if op in (0xA0, 0xF2):                      # implicit_pointer: DIE offset, sleb
-        return read_uleb(expr, pos + 4)[1]
-    if op == 0x9D:                              # bit_piece
-        return read_uleb(expr, read_uleb(expr, pos)[1])[1]
+    try:
+        for kind in kinds:
+            if kind == "U":
+                pos = read_uleb(expr, pos)[1]
+            elif kind == "S":
+                pos = read_sleb(expr, pos)[1]
+            elif kind == "B":
+                length, pos = read_uleb(expr, pos)
+                pos += length
+            elif kind == "T":
+                pos += 1 + expr[pos]
+            else:
+                pos += int(kind)
+    except IndexError:
+        pos = len(expr) + 1
+    if pos > len(expr):
+        raise Unavailable("a truncated location expression")
     return pos

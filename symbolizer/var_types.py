@@ -113,10 +113,7 @@ class TypeReader:
         if tag == TAG_BASE:
             return _base(real, name, size)
         if tag == TAG_ENUM:
-            under = self._reader.ref(real, AT_TYPE)
-            signed = under is not None and under.int_attr(AT_ENCODING) in (_ATE_SIGNED,
-                                                                           _ATE_SIGNED_CHAR)
-            return CType(TypeKind.ENUM, name, size, signed=signed, die=real)
+            return CType(TypeKind.ENUM, name, size, signed=self._enum_signed(real), die=real)
         if tag in (TAG_POINTER, TAG_REFERENCE, TAG_RVALUE_REFERENCE):
             return CType(TypeKind.POINTER, name, size or 8, die=real)
         if tag in (TAG_STRUCT, TAG_CLASS, TAG_UNION):
@@ -128,12 +125,31 @@ class TypeReader:
             return CType(TypeKind.FUNCTION, name, 0, die=real)
         return CType(TypeKind.UNKNOWN, name, size, die=real)
 
+    def _enum_signed(self, die: Die) -> bool:
+        """Whether an enum's values are signed: its own ``DW_AT_encoding``, else its
+        underlying type's (typedefs seen through), else whether an enumerator is negative."""
+        encoding = die.int_attr(AT_ENCODING)
+        under = self._reader.ref(die, AT_TYPE)
+        for _ in range(_MAX_DEPTH):
+            if encoding is not None or under is None:
+                break
+            if under.tag in _TRANSPARENT:
+                under = self._reader.ref(under, AT_TYPE)
+            else:
+                encoding = under.int_attr(AT_ENCODING) if under.tag == TAG_BASE else None
+                break
+        if encoding is not None:
+            return encoding in (_ATE_SIGNED, _ATE_SIGNED_CHAR)
+        return any(child.tag == TAG_ENUMERATOR and (child.int_attr(AT_CONST_VALUE) or 0) < 0
+                   for child in self._reader.children(die))
+
     def _array(self, die: Die, name: str) -> CType:
         dims: list[int | None] = []
         for child in self._reader.children(die):
             if child.tag == TAG_SUBRANGE:
-                count = child.int_attr(AT_COUNT)
-                upper = child.int_attr(AT_UPPER_BOUND)
+                # A reference form names the variable holding the bound (a VLA): unknown.
+                count, upper = (None if self._reader.is_reference(child, code) else
+                                child.int_attr(code) for code in (AT_COUNT, AT_UPPER_BOUND))
                 dims.append(count if count is not None else
                             None if upper is None or upper >= 1 << 62 else upper + 1)
         elem = self.of(self._reader.ref(die, AT_TYPE))
@@ -175,10 +191,14 @@ class TypeReader:
         """An enum's values → names."""
         assert t.die is not None and t.kind is TypeKind.ENUM
         out: dict[int, str] = {}
+        bits = 8 * t.size if 0 < t.size <= 8 else 64
         for child in self._reader.children(t.die):
             value = child.attrs.get(AT_CONST_VALUE)
             name = child.str_attr(AT_NAME)
             if child.tag == TAG_ENUMERATOR and isinstance(value, int) and name:
+                value &= (1 << bits) - 1            # as the enum's bytes read: data4 or sdata
+                if t.signed and value >> (bits - 1):
+                    value -= 1 << bits
                 out.setdefault(value, name)
         return out
 

@@ -22,8 +22,12 @@ from dataclasses import dataclass
 
 from symbolizer.var_types import CType, TypeKind, TypeReader
 
-#: Most bytes of a string read at the hit (SystemTap's MAXSTRINGLEN).
+#: Most characters of a string printed (SystemTap's MAXSTRINGLEN); a longer one is printed
+#: cut, followed by ``...`` as gdb does.
 MAX_STRING = 128
+#: Bytes of a string read at the hit: one character more than printed (whether the string
+#: goes on) and the NUL the BPF helper always writes.
+STRING_FETCH = MAX_STRING + 2
 UNAVAILABLE = "?"
 
 
@@ -97,7 +101,10 @@ def format_value(shape: Shape, data: bytes | None, string: bytes | None = None,
     if kind is TypeKind.POINTER:
         value = int.from_bytes(data[:8], "little")
         if shape.is_string and value and string is not None:
-            return quote(string.split(b"\0", 1)[0])
+            text = string.split(b"\0", 1)[0]
+            if len(text) > MAX_STRING:
+                return quote(text[:MAX_STRING]) + "..."
+            return quote(text)
         return f"{value:#x}"
     return _scalar(shape, data[:shape.size])
 

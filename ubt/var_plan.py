@@ -30,7 +30,7 @@ from unwind.expr import ExprError, evaluate
 from unwind.memory import MemoryFault, MemoryReader
 
 from .errors import UbtError, UsageError
-from .values import MAX_STRING, Shape, format_value, shape_of
+from .values import STRING_FETCH, Shape, format_value, shape_of
 
 _ITEM = re.compile(r"\$\$(?P<group>vars|locals|parms)(?P<pretty1>\$?)$|"
                    r"\$(?P<name>[A-Za-z_]\w*)(?P<path>(?:->\w+|\.\w+|\[\d+\])*)(?P<pretty>\$?)$")
@@ -173,6 +173,9 @@ class _Planner:
             if t.kind not in (TypeKind.ARRAY, TypeKind.POINTER) or t.die is None:
                 raise UbtError(f"${label}: {t.name} is not an array or pointer")
             elem = self.types.target(t)
+            if elem.kind is TypeKind.VOID or not elem.size:
+                raise UbtError(f"${label}: cannot index {t.name}: its elements have no "
+                               f"known size ({elem.name})")
             n = int(index)
             if t.kind is TypeKind.ARRAY and t.count is not None and n >= t.count:
                 raise UbtError(f"${label}: index {n} is past the end of {t.name} "
@@ -184,6 +187,8 @@ class _Planner:
             if t.kind is not TypeKind.POINTER or t.die is None:
                 raise UbtError(f"${label}: -> on {t.name}, which is not a pointer")
             agg = self.types.target(t)
+            if agg.kind is TypeKind.VOID:
+                raise UbtError(f"${label}: -> on {t.name}, a pointer to void")
         if agg.kind not in (TypeKind.STRUCT, TypeKind.UNION):
             raise UbtError(f"${label}: {agg.name} has no members"
                            + (" (use -> for a pointer)" if agg.kind is TypeKind.POINTER else ""))
@@ -215,7 +220,7 @@ class _Planner:
     def _string(self, loc: Located) -> int | None:
         """The fetch of the string the ``char *`` at `loc` points to (None: not followable)."""
         try:
-            return self.fetch(Fetch(pointer_value(loc), MAX_STRING, FetchMode.STRING))
+            return self.fetch(Fetch(pointer_value(loc), STRING_FETCH, FetchMode.STRING))
         except Unavailable:
             return None
 
