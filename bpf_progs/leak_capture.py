@@ -144,18 +144,24 @@ class LeakCapture:
             raise
 
     def _attach(self, probes: list[LeakProbe], pid: int) -> None:
+        """Return probes first: an entry probe attached before its return probe would leave a
+        thread that entered the allocator in between with an `inflight` entry never cleared
+        (its later calls from a deeper stack would all count as nested, untracked)."""
         assert self._prog is not None
         entries = sorted(probes, key=lambda p: p.path)
+        groups = []
         for path, group in groupby(entries, lambda p: p.path):
             mine = list(group)
-            offsets = file_offsets(path, [p.elf_addr for p in mine])
-            self._links.append(UprobeMultiLink(self._prog.prog_fd, path, offsets,
-                                               [p.cookie for p in mine], pid=pid))
+            groups.append((path, mine, file_offsets(path, [p.elf_addr for p in mine])))
+        for path, mine, offsets in groups:
             allocs = [(o, p) for o, p in zip(offsets, mine) if not p.is_free]
             if allocs:
                 self._links.append(UprobeMultiLink(
                     self._prog.prog_fd, path, [o for o, _ in allocs],
                     [p.cookie | _RETURN for _, p in allocs], retprobe=True, pid=pid))
+        for path, mine, offsets in groups:
+            self._links.append(UprobeMultiLink(self._prog.prog_fd, path, offsets,
+                                               [p.cookie for p in mine], pid=pid))
 
     def _sample(self, data: memoryview) -> None:
         head = _HEAD.unpack_from(data)

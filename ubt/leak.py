@@ -263,6 +263,7 @@ def _end_line(capture: LeakCapture, learner: Learner) -> None:
               (c["stacks_full"], "stacks not kept (map full)"),
               (learner.truncated, "truncated stacks"), (c["deep"], "stacks cut at 64 frames")]
     if_any = [(learner.incomplete, "stopped before the outermost frame"),
+              (c["nested"], "allocator calls inside another one (not tracked)"),
               (learner.no_maps, "dropped: process gone before its maps were read")]
     shown = always + [(n, what) for n, what in if_any if n]
     print("ubt: " + ", ".join(f"{n} {what}" for n, what in shown), file=sys.stderr)
