@@ -229,12 +229,12 @@ class _Frames:
         snap = Snapshot(learner.pid, learner.pid, "", {}, StackBytes(0, b""), text, 0)
         self.modules = learner.pipeline.modules(snap)
 
-    def __call__(self, stack_id: int) -> StackTrace:
+    def __call__(self, stack_id: int) -> StackTrace | None:
         kept = self.learner.walked.get(stack_id)
         if kept is None:
             found = self.capture.stack(stack_id)
             if found is None:
-                return StackTrace((), StopReason.NO_UNWIND_INFO)  # stacks map was full
+                return None  # walked in the kernel, not kept: the stacks map was full
             alloc, pcs, flags = found
             kept = (alloc, pcs, StopReason.MAX_DEPTH if flags & STACK_DEEP
                     else StopReason.END_OF_STACK)
@@ -261,6 +261,7 @@ def _end_line(capture: LeakCapture, learner: Learner) -> None:
               (learner.snapshots, "snapshots unwound here"), (c["lost"], "lost snapshots"),
               (c["allocs_full"], "allocations not tracked (map full)"),
               (c["stacks_full"], "stacks not kept (map full)"),
+              (c["rules_full"], "unwind rules not kept (map full)"),
               (learner.truncated, "truncated stacks"), (c["deep"], "stacks cut at 64 frames")]
     if_any = [(learner.incomplete, "stopped before the outermost frame"),
               (c["nested"], "allocator calls inside another one (not tracked)"),

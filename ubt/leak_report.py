@@ -68,7 +68,9 @@ def aggregate(live: LiveAllocations, resolved: Mapping[int, int], sel: Selection
     return sorted(out, key=key, reverse=True)
 
 
-Frames = Callable[[int], StackTrace]
+#: Stack id → its frames; None: the kernel walked it but the full stacks map did not keep it.
+Frames = Callable[[int], StackTrace | None]
+_NOT_KEPT = "not kept: the stacks map was full"
 
 
 def render_text(totals: list[StackTotal], top: int, frames: Frames, title: str,
@@ -85,16 +87,26 @@ def render_text(totals: list[StackTotal], top: int, frames: Frames, title: str,
         if t.stack_id == UNKNOWN_STACK:
             lines.append("    stack unknown: its snapshot was lost (ring buffer full)")
             continue
-        lines.extend("    " + line for line in text_frames(frames(t.stack_id)))
+        trace = frames(t.stack_id)
+        if trace is None:
+            lines.append(f"    stack {_NOT_KEPT}")
+            continue
+        lines.extend("    " + line for line in text_frames(trace))
     return "\n".join(lines) + "\n"
 
 
 def render_json(totals: list[StackTotal], top: int, frames: Frames) -> str:
-    """One JSON object per stack, top ones only; an unknown stack has `"stack": null`."""
+    """One JSON object per stack, top ones only; a stack that is not known has
+    `"stack": null` and `"unknown"`: why."""
     docs = []
     for t in totals[:top]:
-        stack = None if t.stack_id == UNKNOWN_STACK else [
-            frame_json(f) for f in frames(t.stack_id).frames]
-        docs.append(json.dumps({"stack": stack, "bytes": t.bytes, "count": t.allocations,
-                                "oldest_ms": t.oldest_ns // 1_000_000}))
+        doc: dict[str, object] = {"stack": None}
+        trace = None if t.stack_id == UNKNOWN_STACK else frames(t.stack_id)
+        if trace is not None:
+            doc["stack"] = [frame_json(f) for f in trace.frames]
+        else:
+            doc["unknown"] = ("its snapshot was lost (ring buffer full)"
+                              if t.stack_id == UNKNOWN_STACK else _NOT_KEPT)
+        doc.update(bytes=t.bytes, count=t.allocations, oldest_ms=t.oldest_ns // 1_000_000)
+        docs.append(json.dumps(doc))
     return "".join(d + "\n" for d in docs)

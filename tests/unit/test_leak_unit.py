@@ -1,7 +1,10 @@
-"""`ubt leak`'s user side without BPF: probe attach order, the end line's counters."""
+"""`ubt leak`'s user side without BPF: probe attach order, the end line's counters, full
+maps, the report's unknown stacks."""
 from __future__ import annotations
 
+import errno
 import io
+import json
 from contextlib import redirect_stderr
 from types import SimpleNamespace
 from typing import Any
@@ -9,8 +12,10 @@ from typing import Any
 import pytest
 
 from bpf_progs import leak_capture
+from bpf_progs.bpfsys import BpfError
 from bpf_progs.leak_capture import COUNTERS, LeakCapture, LeakProbe, alloc_cookie, free_cookie
-from ubt import leak
+from ubt import leak, leak_report
+from ubt.leak_report import StackTotal
 
 
 def _bare_capture() -> LeakCapture:
@@ -37,7 +42,8 @@ def test_return_probes_attach_before_entry_probes(monkeypatch: pytest.MonkeyPatc
 
 
 def _end_line(counters: dict[str, int], **learnt: int) -> str:
-    capture: Any = SimpleNamespace(counters=lambda: {**dict.fromkeys(COUNTERS, 0), **counters})
+    capture: Any = SimpleNamespace(counters=lambda: {
+        **dict.fromkeys((*COUNTERS, "rules_full"), 0), **counters})
     learner: Any = SimpleNamespace(**{**dict(snapshots=0, truncated=0, incomplete=0,
                                              no_maps=0), **learnt})
     err = io.StringIO()
@@ -49,3 +55,30 @@ def _end_line(counters: dict[str, int], **learnt: int) -> str:
 def test_end_line_shows_nested_only_when_there_are_some() -> None:
     assert "nested" not in _end_line({}) and "inside another" not in _end_line({})
     assert "7 allocator calls inside another one (not tracked)" in _end_line({"nested": 7})
+
+
+def test_full_rules_and_stacks_maps_are_counted_not_raised(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, key: bytes, value: bytes) -> None:
+        raise BpfError(errno.E2BIG, "Argument list too long")
+
+    monkeypatch.setattr(leak_capture, "map_update", full)
+    cap = _bare_capture()
+    cap._fds = {"rules": 1, "stacks": 2}
+    cap.rules_full = cap.stacks_full = 0
+    cap.add_rules([(0x1000, 16, 0, 0), (0x2000, 8, 0, 0)])
+    cap.add_stack(5, 0, (0x1000, 0x2000), 0)
+    assert (cap.rules_full, cap.stacks_full) == (2, 1)
+    line = _end_line({"stacks_full": 3, "rules_full": 2})
+    assert "3 stacks not kept (map full)" in line
+    assert "2 unwind rules not kept (map full)" in line
+
+
+def test_a_stack_not_kept_is_reported_as_such() -> None:
+    totals = [StackTotal(7, 100, 2, 0)]
+    text = leak_report.render_text(totals, 10, lambda sid: None, "t")
+    assert "100 bytes in 2 allocations" in text
+    assert "stack not kept: the stacks map was full" in text
+    doc = json.loads(leak_report.render_json(totals, 10, lambda sid: None))
+    assert doc == {"stack": None, "unknown": "not kept: the stacks map was full", "bytes": 100,
+                   "count": 2, "oldest_ms": 0}
