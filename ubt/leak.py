@@ -14,10 +14,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
-from bpf_progs.leak_capture import STACK_DEEP, LeakCapture, LeakSnapshot
+from bpf_progs.leak_capture import PENDING, STACK_DEEP, LeakCapture, LeakSnapshot
 from unwind.memory import StackBytes
 from unwind.unwinder import Method, RawFrame, StopReason
 
@@ -65,6 +66,7 @@ class Learner:
         self.launcher = launcher
         self.capture: LeakCapture | None = None
         self.resolved: dict[int, int] = {}          # snapshot seq → stack id
+        self._settled = 0   # seqs up to this were resolved before the last report
         self.walked: dict[int, tuple[int, tuple[int, ...], StopReason]] = {}
         self.snapshots = self.truncated = self.incomplete = self.no_maps = 0
 
@@ -91,6 +93,17 @@ class Learner:
         if self.capture is not None:
             self.capture.add_rules(walked.rules)
             self.capture.add_stack(stack_id, s.alloc, walked.pcs, walked.flags)
+
+    def prune(self, stack_ids: Iterable[int]) -> None:
+        """Forget the resolved snapshots no live allocation (`stack_ids`: all of them, read
+        for a report) uses any more. Only those resolved before the previous report: the
+        kernel records an allocation's pending id just after sending its snapshot, so one
+        resolved since may not be in the map yet."""
+        used = {sid & ~PENDING for sid in stack_ids if sid & PENDING}
+        settled = self._settled
+        self._settled = max(self.resolved, default=settled)
+        self.resolved = {seq: sid for seq, sid in self.resolved.items()
+                         if seq > settled or seq in used}
 
     @staticmethod
     def _snapshot(s: LeakSnapshot, maps_text: str) -> Snapshot:
@@ -203,6 +216,7 @@ def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
     older = 0 if at_exit else opts.older_ms * 1_000_000
     sel = leak_report.Selection(time.monotonic_ns(), older, since)
     totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort)
+    learner.prune(live.stack_ids)
     frames = _Frames(learner, capture, allocators)
     if opts.fmt == "json":
         out.write(leak_report.render_json(totals, opts.top, frames))

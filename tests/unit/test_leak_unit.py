@@ -13,7 +13,7 @@ import pytest
 
 from bpf_progs import leak_capture
 from bpf_progs.bpfsys import BpfError
-from bpf_progs.leak_capture import COUNTERS, LeakCapture, LeakProbe, alloc_cookie, free_cookie
+from bpf_progs.leak_capture import COUNTERS, PENDING, LeakCapture, LeakProbe, alloc_cookie, free_cookie
 from ubt import leak, leak_report
 from ubt.leak_report import StackTotal
 
@@ -82,3 +82,15 @@ def test_a_stack_not_kept_is_reported_as_such() -> None:
     doc = json.loads(leak_report.render_json(totals, 10, lambda sid: None))
     assert doc == {"stack": None, "unknown": "not kept: the stacks map was full", "bytes": 100,
                    "count": 2, "oldest_ms": 0}
+
+
+def test_learner_forgets_snapshots_no_live_allocation_uses() -> None:
+    learner = leak.Learner.__new__(leak.Learner)
+    learner.resolved, learner._settled = {1: 11, 2: 21, 3: 31}, 0
+    learner.prune([PENDING | 2, 55])        # 1-3 resolved since the last report: all kept
+    assert learner.resolved == {1: 11, 2: 21, 3: 31}
+    learner.resolved[4] = 41
+    learner.prune([PENDING | 2, PENDING | 4])
+    assert learner.resolved == {2: 21, 4: 41}   # 1 and 3 unused; 4 is new: kept anyway
+    learner.prune([])
+    assert learner.resolved == {}
