@@ -181,6 +181,13 @@ class LeakCapture:
         """Hand every waiting snapshot to `on_snapshot`; wait up to `timeout_ms` for one."""
         return self._ring.poll(timeout_ms) if self._ring is not None else 0
 
+    def last_seq(self) -> int:
+        """The sequence number of the newest snapshot the kernel has sent (or lost)."""
+        if self._prog is None:
+            return 0
+        raw = map_lookup(self._fds["seqs"], bytes(4), 8)
+        return int.from_bytes(raw or bytes(8), "little")
+
     def counters(self) -> dict[str, int]:
         """The kernel's counts (summed over CPUs), by the names of `COUNTERS`."""
         if self._prog is None:

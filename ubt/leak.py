@@ -67,17 +67,20 @@ class Learner:
         self.capture: LeakCapture | None = None
         self.resolved: dict[int, int] = {}          # snapshot seq → stack id
         self._settled = 0   # seqs up to this were resolved before the last report
+        self.last_seq = 0   # the newest snapshot read
         self.walked: dict[int, tuple[int, tuple[int, ...], StopReason]] = {}
         self.snapshots = self.truncated = self.incomplete = self.no_maps = 0
 
     def on_snapshot(self, s: LeakSnapshot) -> None:
         """Walk one snapshot (called while polling the ring buffer)."""
+        self.last_seq = max(self.last_seq, s.seq)
         if self.launcher is not None and not self.launcher.runs_command_at(s.pid, s.time_ns):
             return  # ubt's fork or the sh -c wrapper: not the command, nothing to learn
         self.snapshots += 1
         maps = self.tracker.for_hit(s.pid, s.regs[16])
         if maps is None:
             self.no_maps += 1
+            self.resolved[s.seq] = leak_report.NO_MAPS_STACK
             return
         walked = leak_rules.walk(self.pipeline, self._snapshot(s, maps.text))
         if not all(maps.covers(pc) for pc in walked.pcs):  # a dlopen since: read them again
@@ -178,8 +181,6 @@ def _loop(opts: LeakOptions, capture: LeakCapture, learner: Learner, launcher: L
             capture.poll(100)
             alive = launcher.running if launcher else _alive(learner.pid)
             if not alive:
-                while capture.poll(0):
-                    pass
                 if launcher is None:
                     print(f"ubt: process {learner.pid} exited", file=sys.stderr)
                 _report(opts, capture, learner, launcher, allocators, out, at_exit=True)
@@ -190,7 +191,6 @@ def _loop(opts: LeakOptions, capture: LeakCapture, learner: Learner, launcher: L
                 if opts.count is not None and reports >= opts.count:
                     return
                 next_at += opts.interval or 0
-        capture.poll(0)
         _report(opts, capture, learner, launcher, allocators, out, at_exit=False)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -209,13 +209,17 @@ def _alive(pid: int) -> bool:
 def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
             launcher: Launcher | None, allocators: list[Allocator], out: TextIO,
             at_exit: bool) -> None:
+    sent = capture.last_seq()   # every snapshot sent so far, unwound before the map is read
+    while learner.last_seq < sent and capture.poll(0):
+        pass
     live = capture.allocations()
     since = launcher.command_since_ns if launcher else 0
     if since is None:
         since = 1 << 64  # the command never started: nothing it allocated
     older = 0 if at_exit else opts.older_ms * 1_000_000
     sel = leak_report.Selection(time.monotonic_ns(), older, since)
-    totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort)
+    totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort, learner.last_seq,
+                                   capture.counters()["lost"] > 0)
     learner.prune(live.stack_ids)
     frames = _Frames(learner, capture, allocators)
     if opts.fmt == "json":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+from array import array
 from contextlib import redirect_stderr
 from types import SimpleNamespace
 from typing import Any
@@ -13,9 +14,12 @@ import pytest
 
 from bpf_progs import leak_capture
 from bpf_progs.bpfsys import BpfError
-from bpf_progs.leak_capture import COUNTERS, PENDING, LeakCapture, LeakProbe, alloc_cookie, free_cookie
+from bpf_progs.leak_capture import (COUNTERS, PENDING, LeakCapture, LeakProbe,
+                                    LiveAllocations, alloc_cookie, free_cookie)
 from ubt import leak, leak_report
 from ubt.leak_report import StackTotal
+from ubt.trace import StackTrace
+from unwind.unwinder import StopReason
 
 
 def _bare_capture() -> LeakCapture:
@@ -94,3 +98,23 @@ def test_learner_forgets_snapshots_no_live_allocation_uses() -> None:
     assert learner.resolved == {2: 21, 4: 41}   # 1 and 3 unused; 4 is new: kept anyway
     learner.prune([])
     assert learner.resolved == {}
+
+
+def test_unknown_stacks_are_told_apart_by_cause() -> None:
+    """Pending ids: resolved (11), dropped for no maps (2), lost (3: read up to 4, some lost),
+    not read yet (9)."""
+    ids = [PENDING | 1, PENDING | 2, PENDING | 3, PENDING | 9]
+    live = LiveAllocations(array("Q", [1, 2, 3, 4]), array("Q", [10, 20, 30, 40]),
+                           array("Q", [5] * 4), array("Q", ids))
+    resolved = {1: 11, 2: leak_report.NO_MAPS_STACK, 4: 41}
+    sel = leak_report.Selection(100, 0, 0)
+    got = {t.stack_id: t.bytes for t in leak_report.aggregate(live, resolved, sel, "bytes", 4)}
+    assert got == {11: 10, leak_report.NO_MAPS_STACK: 20, leak_report.UNKNOWN_STACK: 30,
+                   leak_report.UNREAD_STACK: 40}
+    none_lost = leak_report.aggregate(live, resolved, sel, "bytes", 4, lost=False)
+    assert {t.stack_id: t.bytes for t in none_lost}[leak_report.UNREAD_STACK] == 70
+    text = leak_report.render_text(leak_report.aggregate(live, resolved, sel, "bytes", 4), 10,
+                                   lambda sid: StackTrace((), StopReason.END_OF_STACK), "t")
+    assert "stack unknown: its snapshot was lost (ring buffer full)" in text
+    assert "stack unknown: its snapshot was not read yet" in text
+    assert "stack unknown: its snapshot was dropped (the process was gone" in text
