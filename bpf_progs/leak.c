@@ -31,7 +31,8 @@
 // COOKIE: bits 0-7 allocator index (its frame 0); bit 8 return probe; 3-bit argument numbers
 // (7: none) at 9 size, 12 size multiplier, 15 old pointer, 18 out pointer; bit 21 free (the
 // address is argument `size`); bit 22 fd mode (32-bit keys; an out pointer holds two ints);
-// bit 23 size rounded up to pages (pvalloc).
+// bit 23 size rounded up to pages (pvalloc). In fd mode the old pointer is the descriptor
+// dup2/dup3 copy: a call that returns it (dup2(fd, fd)) made no new descriptor.
 #define C_RETURN (1ULL << 8)
 #define C_FREE (1ULL << 21)
 #define C_FD (1ULL << 22)
@@ -302,6 +303,8 @@ static __always_inline int on_return(struct pt_regs *ctx, u64 cookie)
         count(N_ALLOCS_FULL);
     if (failed)
         return 0;
+    if ((cookie & C_FD) && ARG(cookie, 15) != NO_ARG && (u32)in.old == (u32)ret)
+        return 0;   // dup2(fd, fd): fd keeps the stack it was opened from
     u64 max = get_config(1), every = get_config(2);
     if (in.size < get_config(0) || (max && in.size > max))
         return 0;

@@ -96,3 +96,10 @@ def test_realloc_failed_keeps_block_and_realloc_moves_it(ubt: Any, fixture_build
     got = {(s["stack"][0]["function"], s["stack"][1]["function"]): (s["bytes"], s["count"])
            for s in found}
     assert got == {("malloc", "failed_grow"): (40, 1), ("realloc", "grow_ok"): (24, 1)}
+
+
+def test_fd_dup2_onto_itself_keeps_the_open_stack(ubt: Any, fixture_build: Any) -> None:
+    """dup2(fd, fd) returns fd without making a descriptor: fd stays open's."""
+    program = fixture_build.program_path("leaky", "O2-nofp")
+    found = stacks(ubt.run("leak", "--fd", "-c", f"{program} fd_dup_same", "--format", "json"))
+    assert callers(found) == {("open", "fd_dup_same"): 1}
