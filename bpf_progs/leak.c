@@ -31,7 +31,8 @@
 // COOKIE: bits 0-7 allocator index (its frame 0); bit 8 return probe; 3-bit argument numbers
 // (7: none) at 9 size, 12 size multiplier, 15 old pointer, 18 out pointer; bit 21 free (the
 // address is argument `size`); bit 22 fd mode (32-bit keys; an out pointer holds two ints);
-// bit 23 size rounded up to pages (pvalloc).
+// bit 23 size rounded up to pages (pvalloc). In fd mode the old pointer is the descriptor
+// dup2/dup3 copy: a call that returns it (dup2(fd, fd)) made no new descriptor.
 #define C_RETURN (1ULL << 8)
 #define C_FREE (1ULL << 21)
 #define C_FD (1ULL << 22)
@@ -55,7 +56,11 @@ enum counter { N_SNAPSHOTS, N_LOST, N_ALLOCS_FULL, N_STACKS_FULL, N_DEEP, N_WARM
                N_COUNTERS };
 
 struct alloc_info { u64 size; u64 time_ns; u64 stack_id; };
-struct inflight { u64 size; u64 old; u64 out; u64 sp; u32 depth; u32 pad; };
+// `had_old`: realloc's old block was tracked; its entry, taken out of `allocs` at the call's
+// entry (glibc frees it inside the call: another thread may get that address and record it
+// before this call returns), is `old_info`, put back if the call fails.
+struct inflight { u64 size; u64 old; u64 out; u64 sp; u32 depth; u32 had_old;
+                  struct alloc_info old_info; };
 struct rule { s32 cfa_off; s16 rbp_off; u8 flags; u8 pad; };
 struct stack { u32 alloc; u16 depth; u16 flags; u64 pcs[MAX_FRAMES]; };
 struct snap_head {
@@ -130,6 +135,14 @@ static __always_inline int on_entry(struct pt_regs *ctx, u64 cookie)
     in.out = ARG(cookie, 18) == NO_ARG ? 0 : arg(ctx, ARG(cookie, 18));
     in.sp = ctx->sp;
     in.depth = 1;
+    if (in.old && !(cookie & C_FD)) {
+        struct alloc_info *old = allocs.lookup(&in.old);
+        if (old) {
+            in.old_info = *old;
+            in.had_old = 1;
+            allocs.delete(&in.old);
+        }
+    }
     inflight.update(&tid, &in);
     return 0;
 }
@@ -284,11 +297,14 @@ static __always_inline int on_return(struct pt_regs *ctx, u64 cookie)
         failed = ret == 0 || ret == ~0ULL;
         addr[0] = ret;
     }
-    // realloc: the old block is gone when the call succeeded, or asked for 0 bytes
-    if (in.old && (!failed || in.size == 0))
-        allocs.delete(&in.old);
+    // realloc: the old block (out of `allocs` since the entry) is gone when the call
+    // succeeded, or asked for 0 bytes; when it failed, the block is still the caller's
+    if (in.had_old && failed && in.size != 0 && allocs.update(&in.old, &in.old_info) != 0)
+        count(N_ALLOCS_FULL);
     if (failed)
         return 0;
+    if ((cookie & C_FD) && ARG(cookie, 15) != NO_ARG && (u32)in.old == (u32)ret)
+        return 0;   // dup2(fd, fd): fd keeps the stack it was opened from
     u64 max = get_config(1), every = get_config(2);
     if (in.size < get_config(0) || (max && in.size > max))
         return 0;

@@ -11,6 +11,7 @@ A probe's cookie tells the one program what the probe is (see the COOKIE layout 
 """
 from __future__ import annotations
 
+import errno
 import struct
 from array import array
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ from typing import NamedTuple
 from unwind.memory import StackBytes
 from unwind.regs import USER_REGS_FIELDS
 
-from .bpfsys import (PROG_TYPE_KPROBE, map_lookup, map_lookup_batch, map_update,
+from .bpfsys import (PROG_TYPE_KPROBE, BpfError, map_lookup, map_lookup_batch, map_update,
                      possible_cpus)
 from .capture import PT_REGS, detach
 from .objcache import LoadedProgram, get_program, load
@@ -54,6 +55,9 @@ _REG_SLOTS = tuple((USER_REGS_FIELDS[name], 7 + i) for i, name in enumerate(PT_R
                    if name in USER_REGS_FIELDS)
 _RULE = struct.Struct("<ihBx")
 _STACK_HEAD = struct.Struct("<IHH")
+#: map_update's errors when a hash map has no room (E2BIG: full; ENOMEM: no memory for a
+#: BPF_F_NO_PREALLOC element).
+_FULL = (errno.E2BIG, errno.ENOMEM)
 
 
 def _arg(n: int | None) -> int:
@@ -133,6 +137,8 @@ class LeakCapture:
         self._fds = self._prog.map_fds
         self._ncpus = possible_cpus()
         self._final: dict[str, int] | None = None
+        self.rules_full = 0    # rules not written here: the rules map was full
+        self.stacks_full = 0   # stacks walked here not kept: the stacks map was full
         try:
             for i, value in enumerate((*size_bounds, sample_every)):
                 map_update(self._fds["config"], i.to_bytes(4, "little"),
@@ -144,18 +150,24 @@ class LeakCapture:
             raise
 
     def _attach(self, probes: list[LeakProbe], pid: int) -> None:
+        """Return probes first: an entry probe attached before its return probe would leave a
+        thread that entered the allocator in between with an `inflight` entry never cleared
+        (its later calls from a deeper stack would all count as nested, untracked)."""
         assert self._prog is not None
         entries = sorted(probes, key=lambda p: p.path)
+        groups = []
         for path, group in groupby(entries, lambda p: p.path):
             mine = list(group)
-            offsets = file_offsets(path, [p.elf_addr for p in mine])
-            self._links.append(UprobeMultiLink(self._prog.prog_fd, path, offsets,
-                                               [p.cookie for p in mine], pid=pid))
+            groups.append((path, mine, file_offsets(path, [p.elf_addr for p in mine])))
+        for path, mine, offsets in groups:
             allocs = [(o, p) for o, p in zip(offsets, mine) if not p.is_free]
             if allocs:
                 self._links.append(UprobeMultiLink(
                     self._prog.prog_fd, path, [o for o, _ in allocs],
                     [p.cookie | _RETURN for _, p in allocs], retprobe=True, pid=pid))
+        for path, mine, offsets in groups:
+            self._links.append(UprobeMultiLink(self._prog.prog_fd, path, offsets,
+                                               [p.cookie for p in mine], pid=pid))
 
     def _sample(self, data: memoryview) -> None:
         head = _HEAD.unpack_from(data)
@@ -169,6 +181,13 @@ class LeakCapture:
         """Hand every waiting snapshot to `on_snapshot`; wait up to `timeout_ms` for one."""
         return self._ring.poll(timeout_ms) if self._ring is not None else 0
 
+    def last_seq(self) -> int:
+        """The sequence number of the newest snapshot the kernel has sent (or lost)."""
+        if self._prog is None:
+            return 0
+        raw = map_lookup(self._fds["seqs"], bytes(4), 8)
+        return int.from_bytes(raw or bytes(8), "little")
+
     def counters(self) -> dict[str, int]:
         """The kernel's counts (summed over CPUs), by the names of `COUNTERS`."""
         if self._prog is None:
@@ -177,19 +196,37 @@ class LeakCapture:
         for i, name in enumerate(COUNTERS):
             raw = map_lookup(self._fds["counters"], i.to_bytes(4, "little"), 8 * self._ncpus)
             out[name] = sum(array("Q", raw or bytes(8 * self._ncpus)))
+        out["stacks_full"] += self.stacks_full
+        out["rules_full"] = self.rules_full
         return out
 
     def add_rules(self, rules: Iterable[tuple[int, int, int, int]]) -> None:
-        """Teach the kernel walk: (return address, CFA offset, saved-rbp offset, flags)."""
+        """Teach the kernel walk: (return address, CFA offset, saved-rbp offset, flags); a
+        rule the full map cannot take is counted (`rules_full`): its paths keep sending
+        snapshots."""
         for pc, cfa_off, rbp_off, flags in rules:
-            map_update(self._fds["rules"], pc.to_bytes(8, "little"),
-                       _RULE.pack(cfa_off, rbp_off, flags))
+            if not self._update("rules", pc.to_bytes(8, "little"),
+                                _RULE.pack(cfa_off, rbp_off, flags)):
+                self.rules_full += 1
 
     def add_stack(self, stack_id: int, alloc: int, pcs: tuple[int, ...], flags: int) -> None:
-        """Keep a stack walked in user space, as the kernel keeps its own."""
+        """Keep a stack walked in user space, as the kernel keeps its own (counted in
+        `stacks_full` when the map is full)."""
         value = _STACK_HEAD.pack(alloc, len(pcs), flags) + struct.pack(
             f"<{MAX_FRAMES}Q", *pcs[:MAX_FRAMES], *[0] * (MAX_FRAMES - len(pcs)))
-        map_update(self._fds["stacks"], stack_id.to_bytes(8, "little"), value)
+        if not self._update("stacks", stack_id.to_bytes(8, "little"), value):
+            self.stacks_full += 1
+
+    def _update(self, name: str, key: bytes, value: bytes) -> bool:
+        """Set one element; False when the map is full (the run goes on: counted by the
+        caller, and printed at the end)."""
+        try:
+            map_update(self._fds[name], key, value)
+        except BpfError as e:
+            if e.errno not in _FULL:
+                raise
+            return False
+        return True
 
     def stack(self, stack_id: int) -> tuple[int, tuple[int, ...], int] | None:
         """(allocator index, pcs, flags) of a kept stack, or None when there is none."""

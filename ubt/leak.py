@@ -14,10 +14,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
-from bpf_progs.leak_capture import STACK_DEEP, LeakCapture, LeakSnapshot
+from bpf_progs.leak_capture import PENDING, STACK_DEEP, LeakCapture, LeakSnapshot
 from unwind.memory import StackBytes
 from unwind.unwinder import Method, RawFrame, StopReason
 
@@ -65,17 +66,21 @@ class Learner:
         self.launcher = launcher
         self.capture: LeakCapture | None = None
         self.resolved: dict[int, int] = {}          # snapshot seq → stack id
+        self._settled = 0   # seqs up to this were resolved before the last report
+        self.last_seq = 0   # the newest snapshot read
         self.walked: dict[int, tuple[int, tuple[int, ...], StopReason]] = {}
         self.snapshots = self.truncated = self.incomplete = self.no_maps = 0
 
     def on_snapshot(self, s: LeakSnapshot) -> None:
         """Walk one snapshot (called while polling the ring buffer)."""
+        self.last_seq = max(self.last_seq, s.seq)
         if self.launcher is not None and not self.launcher.runs_command_at(s.pid, s.time_ns):
             return  # ubt's fork or the sh -c wrapper: not the command, nothing to learn
         self.snapshots += 1
         maps = self.tracker.for_hit(s.pid, s.regs[16])
         if maps is None:
             self.no_maps += 1
+            self.resolved[s.seq] = leak_report.NO_MAPS_STACK
             return
         walked = leak_rules.walk(self.pipeline, self._snapshot(s, maps.text))
         if not all(maps.covers(pc) for pc in walked.pcs):  # a dlopen since: read them again
@@ -91,6 +96,17 @@ class Learner:
         if self.capture is not None:
             self.capture.add_rules(walked.rules)
             self.capture.add_stack(stack_id, s.alloc, walked.pcs, walked.flags)
+
+    def prune(self, stack_ids: Iterable[int]) -> None:
+        """Forget the resolved snapshots no live allocation (`stack_ids`: all of them, read
+        for a report) uses any more. Only those resolved before the previous report: the
+        kernel records an allocation's pending id just after sending its snapshot, so one
+        resolved since may not be in the map yet."""
+        used = {sid & ~PENDING for sid in stack_ids if sid & PENDING}
+        settled = self._settled
+        self._settled = max(self.resolved, default=settled)
+        self.resolved = {seq: sid for seq, sid in self.resolved.items()
+                         if seq > settled or seq in used}
 
     @staticmethod
     def _snapshot(s: LeakSnapshot, maps_text: str) -> Snapshot:
@@ -165,8 +181,6 @@ def _loop(opts: LeakOptions, capture: LeakCapture, learner: Learner, launcher: L
             capture.poll(100)
             alive = launcher.running if launcher else _alive(learner.pid)
             if not alive:
-                while capture.poll(0):
-                    pass
                 if launcher is None:
                     print(f"ubt: process {learner.pid} exited", file=sys.stderr)
                 _report(opts, capture, learner, launcher, allocators, out, at_exit=True)
@@ -177,7 +191,6 @@ def _loop(opts: LeakOptions, capture: LeakCapture, learner: Learner, launcher: L
                 if opts.count is not None and reports >= opts.count:
                     return
                 next_at += opts.interval or 0
-        capture.poll(0)
         _report(opts, capture, learner, launcher, allocators, out, at_exit=False)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -196,13 +209,18 @@ def _alive(pid: int) -> bool:
 def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
             launcher: Launcher | None, allocators: list[Allocator], out: TextIO,
             at_exit: bool) -> None:
+    sent = capture.last_seq()   # every snapshot sent so far, unwound before the map is read
+    while learner.last_seq < sent and capture.poll(0):
+        pass
     live = capture.allocations()
     since = launcher.command_since_ns if launcher else 0
     if since is None:
         since = 1 << 64  # the command never started: nothing it allocated
     older = 0 if at_exit else opts.older_ms * 1_000_000
     sel = leak_report.Selection(time.monotonic_ns(), older, since)
-    totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort)
+    totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort, learner.last_seq,
+                                   capture.counters()["lost"] > 0)
+    learner.prune(live.stack_ids)
     frames = _Frames(learner, capture, allocators)
     if opts.fmt == "json":
         out.write(leak_report.render_json(totals, opts.top, frames))
@@ -229,12 +247,12 @@ class _Frames:
         snap = Snapshot(learner.pid, learner.pid, "", {}, StackBytes(0, b""), text, 0)
         self.modules = learner.pipeline.modules(snap)
 
-    def __call__(self, stack_id: int) -> StackTrace:
+    def __call__(self, stack_id: int) -> StackTrace | None:
         kept = self.learner.walked.get(stack_id)
         if kept is None:
             found = self.capture.stack(stack_id)
             if found is None:
-                return StackTrace((), StopReason.NO_UNWIND_INFO)  # stacks map was full
+                return None  # walked in the kernel, not kept: the stacks map was full
             alloc, pcs, flags = found
             kept = (alloc, pcs, StopReason.MAX_DEPTH if flags & STACK_DEEP
                     else StopReason.END_OF_STACK)
@@ -261,8 +279,10 @@ def _end_line(capture: LeakCapture, learner: Learner) -> None:
               (learner.snapshots, "snapshots unwound here"), (c["lost"], "lost snapshots"),
               (c["allocs_full"], "allocations not tracked (map full)"),
               (c["stacks_full"], "stacks not kept (map full)"),
+              (c["rules_full"], "unwind rules not kept (map full)"),
               (learner.truncated, "truncated stacks"), (c["deep"], "stacks cut at 64 frames")]
     if_any = [(learner.incomplete, "stopped before the outermost frame"),
+              (c["nested"], "allocator calls inside another one (not tracked)"),
               (learner.no_maps, "dropped: process gone before its maps were read")]
     shown = always + [(n, what) for n, what in if_any if n]
     print("ubt: " + ", ".join(f"{n} {what}" for n, what in shown), file=sys.stderr)

@@ -31,7 +31,8 @@ class AllocFunc:
 
     :param size: the size argument (None: each call counts 1, as for fds).
     :param size2: a multiplier of the size (calloc's count).
-    :param old: realloc's old pointer, dropped when the call succeeds.
+    :param old: realloc's old pointer, dropped when the call succeeds; for an fd, the
+        descriptor copied (dup2, dup3): a call returning it made no new one.
     :param out: a pointer the address (or an fd pair) is written through; the call returns 0.
     :param frees: the function frees its argument `size`.
     """
@@ -60,7 +61,7 @@ MEMORY = (AllocFunc("malloc", required=True), AllocFunc("calloc", 1, 0),
           AllocFunc("munmap", 0, frees=True))
 FDS = (AllocFunc("open", None, required=True), AllocFunc("openat", None),
        AllocFunc("socket", None), AllocFunc("accept", None), AllocFunc("accept4", None),
-       AllocFunc("dup", None), AllocFunc("dup2", None), AllocFunc("dup3", None),
+       AllocFunc("dup", None), AllocFunc("dup2", None, old=0), AllocFunc("dup3", None, old=0),
        AllocFunc("pipe", None, out=0), AllocFunc("pipe2", None, out=0),
        AllocFunc("close", 0, frees=True, required=True))
 

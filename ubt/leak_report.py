@@ -2,8 +2,8 @@
 
 `aggregate` turns the kernel's allocation map (columns of a batch read) into totals per stack:
 bytes, count, oldest. An allocation made on a cold path carries a pending id until its snapshot
-is unwound; those resolve through the learner's table, and the ones whose snapshot never came
-(ring buffer full) are totalled apart, as `UNKNOWN_STACK`, never dropped. `render_text` and
+is unwound; those resolve through the learner's table, and the ones whose stack is not known
+are totalled apart by why (`UNKNOWN`: snapshot lost, dropped, or not read yet), never dropped. `render_text` and
 `render_json` print the top N (JSON: one object per stack, `{"stack", "bytes", "count",
 "oldest_ms"}`).
 """
@@ -18,8 +18,14 @@ from bpf_progs.leak_capture import PENDING, LiveAllocations
 from .render import frame_json, text_frames
 from .trace import StackTrace
 
-#: The "stack" of allocations whose snapshot was lost or could not be walked.
-UNKNOWN_STACK = 0
+#: The "stacks" of allocations whose stack is not known (real stack ids are odd), and why.
+UNKNOWN_STACK = 0      # the snapshot was lost: the ring buffer was full
+NO_MAPS_STACK = 2      # the snapshot was dropped: the process was gone before its maps were read
+UNREAD_STACK = 4       # the snapshot was not read yet (or not lost: counted in no other way)
+UNKNOWN = {UNKNOWN_STACK: "its snapshot was lost (ring buffer full)",
+           NO_MAPS_STACK: "its snapshot was dropped (the process was gone before its memory "
+                          "map was read)",
+           UNREAD_STACK: "its snapshot was not read yet"}
 
 
 class StackTotal(NamedTuple):
@@ -45,15 +51,21 @@ class Selection(NamedTuple):
 
 
 def aggregate(live: LiveAllocations, resolved: Mapping[int, int], sel: Selection,
-              sort: str = "bytes") -> list[StackTotal]:
-    """Totals per stack, largest first (by bytes, or by count with `sort="count"`)."""
+              sort: str = "bytes", last_seq: int = 0, lost: bool = True) -> list[StackTotal]:
+    """Totals per stack, largest first (by bytes, or by count with `sort="count"`).
+
+    :param last_seq: the newest snapshot read so far: a pending id past it is not read yet.
+    :param lost: some snapshots were lost: an unresolved one up to `last_seq` is one of them.
+    """
     latest = sel.now_ns - sel.older_ns
     totals: dict[int, list[int]] = {}
     for size, time_ns, stack_id in zip(live.sizes, live.times, live.stack_ids):
         if time_ns > latest or time_ns < sel.since_ns:
             continue
         if stack_id & PENDING:
-            stack_id = resolved.get(stack_id & ~PENDING, UNKNOWN_STACK)
+            seq = stack_id & ~PENDING
+            stack_id = resolved.get(seq, UNKNOWN_STACK if lost and seq <= last_seq
+                                    else UNREAD_STACK)
         t = totals.get(stack_id)
         if t is None:
             totals[stack_id] = [size, 1, time_ns]
@@ -68,7 +80,9 @@ def aggregate(live: LiveAllocations, resolved: Mapping[int, int], sel: Selection
     return sorted(out, key=key, reverse=True)
 
 
-Frames = Callable[[int], StackTrace]
+#: Stack id → its frames; None: the kernel walked it but the full stacks map did not keep it.
+Frames = Callable[[int], StackTrace | None]
+_NOT_KEPT = "not kept: the stacks map was full"
 
 
 def render_text(totals: list[StackTotal], top: int, frames: Frames, title: str,
@@ -82,19 +96,28 @@ def render_text(totals: list[StackTotal], top: int, frames: Frames, title: str,
         what = (f"{n} open file descriptor{'s' if n != 1 else ''}" if fds else
                 f"{t.bytes} bytes in {n} allocation{'s' if n != 1 else ''}")
         lines.append(f"{what}, oldest {t.oldest_ns // 1_000_000} ms, from:")
-        if t.stack_id == UNKNOWN_STACK:
-            lines.append("    stack unknown: its snapshot was lost (ring buffer full)")
+        if t.stack_id in UNKNOWN:
+            lines.append(f"    stack unknown: {UNKNOWN[t.stack_id]}")
             continue
-        lines.extend("    " + line for line in text_frames(frames(t.stack_id)))
+        trace = frames(t.stack_id)
+        if trace is None:
+            lines.append(f"    stack {_NOT_KEPT}")
+            continue
+        lines.extend("    " + line for line in text_frames(trace))
     return "\n".join(lines) + "\n"
 
 
 def render_json(totals: list[StackTotal], top: int, frames: Frames) -> str:
-    """One JSON object per stack, top ones only; an unknown stack has `"stack": null`."""
+    """One JSON object per stack, top ones only; a stack that is not known has
+    `"stack": null` and `"unknown"`: why."""
     docs = []
     for t in totals[:top]:
-        stack = None if t.stack_id == UNKNOWN_STACK else [
-            frame_json(f) for f in frames(t.stack_id).frames]
-        docs.append(json.dumps({"stack": stack, "bytes": t.bytes, "count": t.allocations,
-                                "oldest_ms": t.oldest_ns // 1_000_000}))
+        doc: dict[str, object] = {"stack": None}
+        trace = None if t.stack_id in UNKNOWN else frames(t.stack_id)
+        if trace is not None:
+            doc["stack"] = [frame_json(f) for f in trace.frames]
+        else:
+            doc["unknown"] = UNKNOWN.get(t.stack_id, _NOT_KEPT)
+        doc.update(bytes=t.bytes, count=t.allocations, oldest_ms=t.oldest_ns // 1_000_000)
+        docs.append(json.dumps(doc))
     return "".join(d + "\n" for d in docs)

@@ -86,3 +86,20 @@ def test_no_such_process(ubt: Any) -> None:
     pid = free_pid()
     line = assert_clean_failure(ubt.run("leak", "-p", str(pid)), "-p free pid")
     assert line == f"ubt: process {pid} does not exist"
+
+
+def test_realloc_failed_keeps_block_and_realloc_moves_it(ubt: Any, fixture_build: Any) -> None:
+    """realloc's old block leaves `allocs` at the call's entry (another thread may get its
+    address before the call returns); a failed realloc puts it back, a successful one doesn't."""
+    program = fixture_build.program_path("leaky", "O2-nofp")
+    found = stacks(ubt.run("leak", "-c", f"{program} realloc_fail", "--format", "json"))
+    got = {(s["stack"][0]["function"], s["stack"][1]["function"]): (s["bytes"], s["count"])
+           for s in found}
+    assert got == {("malloc", "failed_grow"): (40, 1), ("realloc", "grow_ok"): (24, 1)}
+
+
+def test_fd_dup2_onto_itself_keeps_the_open_stack(ubt: Any, fixture_build: Any) -> None:
+    """dup2(fd, fd) returns fd without making a descriptor: fd stays open's."""
+    program = fixture_build.program_path("leaky", "O2-nofp")
+    found = stacks(ubt.run("leak", "--fd", "-c", f"{program} fd_dup_same", "--format", "json"))
+    assert callers(found) == {("open", "fd_dup_same"): 1}
