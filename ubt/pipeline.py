@@ -6,6 +6,8 @@ keyed by the module's ELF addresses, so one compiled table serves every process 
 """
 from __future__ import annotations
 
+from operator import itemgetter
+
 from lru import LRU
 
 from symbolizer.frames import SymFrame
@@ -18,6 +20,10 @@ from unwind.unwinder import RawFrame, StopReason, Unwinder
 
 from .snapshot import Snapshot
 from .trace import Frame, StackTrace
+
+
+_PC_KIND = itemgetter(0, 3, 4)  # RawFrame: pc, is_activation, method
+_CFA = itemgetter(2)
 
 
 class Pipeline:
@@ -92,13 +98,17 @@ class Pipeline:
         """Unwind and symbolize one snapshot."""
         modules, raw_frames, stop = self.unwind(snap)
         # hits repeat the same paths: the frames of a whole stack are kept by its pcs
-        key = (id(modules), *((f.pc, f.is_activation, f.method) for f in raw_frames))
+        # (built with C-level map/itemgetter: this runs for every hit)
+        key = (id(modules), *map(_PC_KIND, raw_frames))
         cached = self._stacks.get(key)
         if cached is None or cached[0] is not modules:
             frames = self._symbolize_stack(modules, raw_frames)
             cached = self._stacks[key] = (modules, frames,
                                           any(f.module is None for f in frames))
-        used = max((f.cfa or f.sp for f in raw_frames), default=0) - snap.regs.get(RSP, 0)
+        # the highest CFA (or, where the walk stopped, sp) the walk reached
+        top = max(max(filter(None, map(_CFA, raw_frames)), default=0),
+                  raw_frames[-1].sp if raw_frames else 0)
+        used = top - snap.regs.get(RSP, 0)
         return StackTrace(cached[1], stop, max(used, 0), cached[2])
 
     def _symbolize_stack(self, modules: ModuleSet,

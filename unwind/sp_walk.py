@@ -56,20 +56,25 @@ def reduce_rule(rule: RawRule | None) -> SpRule | Any:
     return (cfa_off, ra_off, min(slots, default=0), max(slots, default=0))
 
 
-#: (pc, sp, cfa, is_activation) per frame and how the walk ended: "end" (return address
-#: undefined), "depth" (max frames), "zero" (a return address of 0).
-SpWalk = tuple[list[tuple[int, int, int, bool]], str]
+#: The frames and how the walk ended: "end" (return address undefined), "depth" (max frames),
+#: "zero" (a return address of 0).
+SpWalk = tuple[list[Any], str]
+_new = tuple.__new__
 
 
 def sp_walk(pc: int, sp: int, data: bytes, base: int, max_frames: int,
-            rules: dict[int, Any], fill: Callable[[int, int], SpRule | Any]) -> SpWalk | None:
+            rules: dict[int, Any], fill: Callable[[int, int], SpRule | Any],
+            frame_type: type, methods: tuple[Any, Any]) -> SpWalk | None:
     """Walk from `pc`/`sp` over `data` (the stack bytes from address `base`); None when a
     frame needs the general walk or a read falls outside the bytes.
 
     :param rules: lookup address (pc, or pc - 1 for a return address) → reduced row, as far as
         known; `fill(pc, lookup_address)` finds, stores and returns a missing one.
+    :param frame_type: the frames are ``frame_type(pc, sp, cfa, is_activation, method)``
+        tuples (the unwinder's RawFrame, built here directly: this runs for every frame),
+        `method` ``methods[0]`` for returned-to frames and ``methods[1]`` for the first.
     """
-    frames: list[tuple[int, int, int, bool]] = []
+    frames: list[Any] = []
     limit = len(data) - 8
     activation = True
     while True:
@@ -85,7 +90,7 @@ def sp_walk(pc: int, sp: int, data: bytes, base: int, max_frames: int,
         cfa = sp + cfa_off
         if cfa + low - base < 0 or cfa + high - base > limit:
             return None  # the general walk stops there with a memory fault
-        frames.append((pc, sp, cfa, activation))
+        frames.append(_new(frame_type, (pc, sp, cfa, activation, methods[activation])))
         if ra_off is None:
             return frames, "end"
         if len(frames) >= max_frames:

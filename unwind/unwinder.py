@@ -65,6 +65,8 @@ class StopReason(Enum):
     BAD_CFI = "bad cfi"                      #: a rule could not be evaluated
 
 
+#: Methods of sp_walk's frames, by is_activation (only the first frame is one there).
+_SP_METHODS = (Method.CFI, Method.INITIAL)
 #: How `sp_walk` ended, as the general walk reports it.
 _SP_STOPS = {"end": StopReason.END_OF_STACK, "depth": StopReason.MAX_DEPTH,
              "zero": StopReason.PC_ZERO}
@@ -213,7 +215,7 @@ class Unwinder:
             self._sp_misses[pc] = misses + 1
             return None
         got = sp_walk(pc, sp, memory.data, memory.base, self.max_frames, self._sp_rules,
-                      self._sp_rule)
+                      self._sp_rule, RawFrame, _SP_METHODS)
         if got is None:
             if len(self._sp_misses) >= _RULE_MEMO:
                 self._sp_misses.clear()
@@ -221,11 +223,8 @@ class Unwinder:
             return None
         if misses:
             del self._sp_misses[pc]
-        walked, how = got
-        cfi = Method.CFI
-        frames = tuple(_new_frame(RawFrame, (f_pc, f_sp, f_cfa, act, cfi if n else Method.INITIAL))
-                       for n, (f_pc, f_sp, f_cfa, act) in enumerate(walked))
-        return UnwindResult(frames, _SP_STOPS[how])
+        frames, how = got
+        return UnwindResult(tuple(frames), _SP_STOPS[how])
 
     def unwind(self, regs: Mapping[int, int], memory: MemoryReader) -> UnwindResult:
         """Unwind from `regs` (DWARF number → value) reading saved values from `memory`."""
