@@ -42,6 +42,12 @@
 #define C_PAGES (1ULL << 23)
 #define C_REGION (1ULL << 24)
 #define C_MREMAP (1ULL << 25)
+#define C_FCNTL (1ULL << 26)    // fd mode: fcntl(fd, cmd, ...), an allocator for F_DUPFD(_CLOEXEC)
+#define C_RANGE (1ULL << 27)    // fd mode: close_range(first, last, flags), a free
+#define F_DUPFD 0
+#define F_DUPFD_CLOEXEC 1030
+#define CLOSE_RANGE_CLOEXEC 4   // marks the fds close-on-exec: closes none
+#define CLOSE_RANGE_MAX 4096    // most fds one close_range drops (more: counted, N_RANGE_CUT)
 #define ARG(cookie, shift) (((cookie) >> (shift)) & 7)
 #define NO_ARG 7
 
@@ -58,7 +64,7 @@
 #define SNAP_TRUNCATED 1
 
 enum counter { N_SNAPSHOTS, N_LOST, N_ALLOCS_FULL, N_STACKS_FULL, N_DEEP, N_WARM, N_NESTED,
-               N_REGIONS_LOST, N_COUNTERS };
+               N_REGIONS_LOST, N_RANGE_CUT, N_COUNTERS };
 
 // Memory regions (mmap/munmap/mremap) are not in `allocs`: an munmap may trim, split or remove
 // several of them, which needs an ordered search over ranges. Their calls go to user space as
@@ -111,6 +117,7 @@ BPF_PERCPU_ARRAY(snap_buf, struct snap, 1);
 BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
 BPF_ARRAY(config, u64, 3);         // min size, max size, sample every N
 BPF_ARRAY(seqs, u64, 1);
+BPF_ARRAY(fd_max, u64, 1);         // the highest fd tracked (bounds close_range's loop)
 
 static __always_inline void count(int which)
 {
@@ -157,6 +164,11 @@ static __always_inline int on_entry(struct pt_regs *ctx, u64 cookie)
         count(N_NESTED);
         return 0;
     }
+    if (cookie & C_FCNTL) {
+        u64 cmd = (u32)arg(ctx, 1);
+        if (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC)
+            return 0;
+    }
     struct inflight in = {};
     u64 size = ARG(cookie, 9) == NO_ARG ? 1 : arg(ctx, ARG(cookie, 9));
     if (ARG(cookie, 12) != NO_ARG)
@@ -182,12 +194,39 @@ static __always_inline int on_entry(struct pt_regs *ctx, u64 cookie)
     return 0;
 }
 
+// close_range(first, last, flags): every tracked fd from first to min(last, the highest fd
+// tracked) dropped at entry (the call fails only on bad flags or first > last).
+static __always_inline int close_range(struct pt_regs *ctx)
+{
+    u64 first = (u32)arg(ctx, 0), last = (u32)arg(ctx, 1);
+    int zero = 0;
+    u64 *m = fd_max.lookup(&zero);
+    if ((arg(ctx, 2) & CLOSE_RANGE_CLOEXEC) || !m || first > last)
+        return 0;
+    if (last > *m)
+        last = *m;
+    if (last >= first + CLOSE_RANGE_MAX) {
+        count(N_RANGE_CUT);
+        last = first + CLOSE_RANGE_MAX - 1;
+    }
+    for (int i = 0; i < CLOSE_RANGE_MAX; i++) {
+        u64 fd = first + i;
+        if (fd > last)
+            break;
+        allocs.delete(&fd);
+    }
+    return 0;
+}
+
 static __always_inline int on_free(struct pt_regs *ctx, u64 cookie)
 {
     u64 addr = arg(ctx, ARG(cookie, 9));
     if (cookie & C_REGION) {
         send_region(R_MUNMAP, addr, arg(ctx, 1), 0, 0);
         return 0;
+    }
+    if (cookie & C_RANGE) {
+        return close_range(ctx);
     }
     if (cookie & C_FD)
         addr = (u32)addr;
@@ -362,6 +401,13 @@ static __always_inline int on_return(struct pt_regs *ctx, u64 cookie)
         count(N_ALLOCS_FULL);
     if (n == 2 && allocs.update(&addr[1], &info) != 0)
         count(N_ALLOCS_FULL);
+    int zero = 0;
+    u64 *m = fd_max.lookup(&zero);
+    if ((cookie & C_FD) && m) {
+        u64 top = n == 2 && addr[1] > addr[0] ? addr[1] : addr[0];
+        if (top > *m)
+            *m = top;
+    }
     return 0;
 }
 

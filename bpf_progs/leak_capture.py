@@ -45,13 +45,15 @@ _FD = 1 << 22
 _PAGES = 1 << 23
 _REGION = 1 << 24
 _MREMAP = 1 << 25
+_FCNTL = 1 << 26
+_RANGE = 1 << 27
 _NO_ARG = 7
 #: Stack flag: the kernel walk stopped at MAX_FRAMES.
 STACK_DEEP = 1
 #: Stack ids with this bit are pending: the rest is the sequence number of a snapshot.
 PENDING = 1 << 63
 COUNTERS = ("snapshots", "lost", "allocs_full", "stacks_full", "deep", "warm", "nested",
-            "regions_lost")
+            "regions_lost", "range_cut")
 # struct region_event: time_ns, seq (0), pid, tid, kind, pad, addr, len, arg, stack_id
 _REGION_EV = struct.Struct("<QQIII4xQQQQ")
 # struct snap_head: time_ns, seq, pid, tid, alloc, stack_len, flags, pad, struct pt_regs
@@ -71,22 +73,26 @@ def _arg(n: int | None) -> int:
 
 def alloc_cookie(index: int, size: int | None = None, size2: int | None = None,
                  old: int | None = None, out: int | None = None, *, fd: bool = False,
-                 pages: bool = False, region: bool = False, mremap: bool = False) -> int:
+                 pages: bool = False, region: bool = False, mremap: bool = False,
+                 fcntl: bool = False) -> int:
     """The entry probe's cookie of allocator `index` (0-based argument numbers: the size, its
     multiplier, realloc's old pointer, an out pointer that receives the address); the return
     probe's cookie is this with the return bit. `region`: mmap (its calls become
-    `RegionEvent`s); with `mremap` too: mremap(old, old_len, new_len, flags)."""
+    `RegionEvent`s); with `mremap` too: mremap(old, old_len, new_len, flags). `fcntl`: an
+    fd allocator only when its command is F_DUPFD or F_DUPFD_CLOEXEC."""
     if not 0 <= index < 256:
         raise ValueError("at most 256 allocator functions")
     return (index | _arg(size) << 9 | _arg(size2) << 12 | _arg(old) << 15 | _arg(out) << 18
             | (_FD if fd else 0) | (_PAGES if pages else 0) | (_REGION if region else 0)
-            | (_MREMAP if mremap else 0))
+            | (_MREMAP if mremap else 0) | (_FCNTL if fcntl else 0))
 
 
-def free_cookie(addr: int, *, fd: bool = False, region: bool = False) -> int:
+def free_cookie(addr: int, *, fd: bool = False, region: bool = False,
+                fd_range: bool = False) -> int:
     """The cookie of a function that frees its argument number `addr` (0-based); `region`:
-    munmap(addr, len), sent as a `RegionEvent`."""
-    return _FREE | addr << 9 | (_FD if fd else 0) | (_REGION if region else 0)
+    munmap(addr, len), sent as a `RegionEvent`; `fd_range`: close_range(first, last, flags)."""
+    return (_FREE | addr << 9 | (_FD if fd else 0) | (_REGION if region else 0)
+            | (_RANGE if fd_range else 0))
 
 
 @dataclass(frozen=True, slots=True)

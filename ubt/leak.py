@@ -289,6 +289,8 @@ def _end_line(capture: LeakCapture, learner: Learner) -> None:
               (c["nested"], "allocator calls inside another one (not tracked)"),
               (c["regions_lost"], "mmap/munmap/mremap calls lost (ring buffer full): mapped "
                                   "bytes may be wrong"),
+              (c["range_cut"], "close_range calls over more than 4096 tracked fds (the rest "
+                               "still counted open)"),
               (learner.no_maps, "dropped: process gone before its maps were read")]
     shown = always + [(n, what) for n, what in if_any if n]
     print("ubt: " + ", ".join(f"{n} {what}" for n, what in shown), file=sys.stderr)

@@ -37,6 +37,8 @@ class AllocFunc:
     :param frees: the function frees its argument `size`.
     :param region: mmap, munmap, mremap (with `mremap`): kept by ranges in user space
         (`leak_regions`), not by address in the kernel.
+    :param fcntl: fcntl: a new fd only for F_DUPFD and F_DUPFD_CLOEXEC.
+    :param fd_range: close_range(first, last, flags): frees every fd in the range.
     """
 
     name: str
@@ -48,13 +50,17 @@ class AllocFunc:
     frees: bool = False
     region: bool = False
     mremap: bool = False
+    fcntl: bool = False
+    fd_range: bool = False
     required: bool = False
 
     def cookie(self, index: int, fd: bool) -> int:
         if self.frees:
-            return free_cookie(self.size or 0, fd=fd, region=self.region)
+            return free_cookie(self.size or 0, fd=fd, region=self.region,
+                               fd_range=self.fd_range)
         return alloc_cookie(index, self.size, self.size2, self.old, self.out, fd=fd,
-                            pages=self.pages, region=self.region, mremap=self.mremap)
+                            pages=self.pages, region=self.region, mremap=self.mremap,
+                            fcntl=self.fcntl)
 
 
 MEMORY = (AllocFunc("malloc", required=True), AllocFunc("calloc", 1, 0),
@@ -69,7 +75,9 @@ FDS = (AllocFunc("open", None, required=True), AllocFunc("openat", None),
        AllocFunc("socket", None), AllocFunc("accept", None), AllocFunc("accept4", None),
        AllocFunc("dup", None), AllocFunc("dup2", None, old=0), AllocFunc("dup3", None, old=0),
        AllocFunc("pipe", None, out=0), AllocFunc("pipe2", None, out=0),
-       AllocFunc("close", 0, frees=True, required=True))
+       AllocFunc("fcntl", None, fcntl=True), AllocFunc("fcntl64", None, fcntl=True),
+       AllocFunc("close", 0, frees=True, required=True),
+       AllocFunc("close_range", 0, frees=True, fd_range=True))
 
 
 @dataclass(frozen=True, slots=True)
