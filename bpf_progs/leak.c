@@ -14,7 +14,8 @@
 //   (`R_UNREP`), the registers and stack bytes go to the ring buffer `snaps` and the allocation
 //   gets a pending id (PENDING | sequence number): user space unwinds that snapshot with the
 //   DWARF unwinder, resolves the pending id, and writes the rules of every frame it walked;
-// - free entry: the address is dropped from `allocs`.
+// - free entry: the address is dropped from `allocs`;
+// - mmap, munmap, mremap: sent to user space as region events (see `struct region_event`).
 // The hash (FNV-1a over the allocator index and the pcs) is computed the same way in Python
 // (ubt/leak_rules.py), so a stack walked in user space and in the kernel gets the same id.
 
@@ -31,12 +32,22 @@
 // COOKIE: bits 0-7 allocator index (its frame 0); bit 8 return probe; 3-bit argument numbers
 // (7: none) at 9 size, 12 size multiplier, 15 old pointer, 18 out pointer; bit 21 free (the
 // address is argument `size`); bit 22 fd mode (32-bit keys; an out pointer holds two ints);
-// bit 23 size rounded up to pages (pvalloc). In fd mode the old pointer is the descriptor
-// dup2/dup3 copy: a call that returns it (dup2(fd, fd)) made no new descriptor.
+// bit 23 size rounded up to pages (pvalloc); bit 24 a memory region function (mmap: an allocator
+// whose return sends an R_MMAP event; munmap: a free that sends R_MUNMAP at its entry; with bit
+// 25, mremap: R_MREMAP_BEGIN at entry, R_MREMAP_END at return). In fd mode the old pointer is
+// the descriptor dup2/dup3 copy: a call that returns it (dup2(fd, fd)) made no new descriptor.
 #define C_RETURN (1ULL << 8)
 #define C_FREE (1ULL << 21)
 #define C_FD (1ULL << 22)
 #define C_PAGES (1ULL << 23)
+#define C_REGION (1ULL << 24)
+#define C_MREMAP (1ULL << 25)
+#define C_FCNTL (1ULL << 26)    // fd mode: fcntl(fd, cmd, ...), an allocator for F_DUPFD(_CLOEXEC)
+#define C_RANGE (1ULL << 27)    // fd mode: close_range(first, last, flags), a free
+#define F_DUPFD 0
+#define F_DUPFD_CLOEXEC 1030
+#define CLOSE_RANGE_CLOEXEC 4   // marks the fds close-on-exec: closes none
+#define CLOSE_RANGE_MAX 4096    // most fds one close_range drops (more: counted, N_RANGE_CUT)
 #define ARG(cookie, shift) (((cookie) >> (shift)) & 7)
 #define NO_ARG 7
 
@@ -53,7 +64,26 @@
 #define SNAP_TRUNCATED 1
 
 enum counter { N_SNAPSHOTS, N_LOST, N_ALLOCS_FULL, N_STACKS_FULL, N_DEEP, N_WARM, N_NESTED,
-               N_COUNTERS };
+               N_REGIONS_LOST, N_RANGE_CUT, N_COUNTERS };
+
+// Memory regions (mmap/munmap/mremap) are not in `allocs`: an munmap may trim, split or remove
+// several of them, which needs an ordered search over ranges. Their calls go to user space as
+// events in the ring buffer `snaps` (seq 0 tells them from snapshots), in the order they were
+// made, and user space keeps the regions (ubt/leak_regions.py). munmap and mremap send theirs at
+// entry, before the kernel frees the range: another thread's mmap of it comes later in the ring.
+enum region_kind { R_MMAP = 1, R_MUNMAP, R_MREMAP_BEGIN, R_MREMAP_END };
+struct region_event {
+    u64 time_ns;
+    u64 seq;            // 0: not a snapshot
+    u32 pid;
+    u32 tid;
+    u32 kind;
+    u32 pad;
+    u64 addr;           // mmap/mremap: the address returned (~0: failed); munmap/mremap: old
+    u64 len;            // mmap: bytes (pages); munmap: len; mremap: old_len, then new_len
+    u64 arg;            // mremap begin: flags
+    u64 stack_id;       // mmap
+};
 
 struct alloc_info { u64 size; u64 time_ns; u64 stack_id; };
 // `had_old`: realloc's old block was tracked; its entry, taken out of `allocs` at the call's
@@ -87,6 +117,7 @@ BPF_PERCPU_ARRAY(snap_buf, struct snap, 1);
 BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
 BPF_ARRAY(config, u64, 3);         // min size, max size, sample every N
 BPF_ARRAY(seqs, u64, 1);
+BPF_ARRAY(fd_max, u64, 1);         // the highest fd tracked (bounds close_range's loop)
 
 static __always_inline void count(int which)
 {
@@ -109,6 +140,15 @@ static __always_inline u64 arg(struct pt_regs *ctx, u64 n)
     return n == 0 ? a0 : n == 1 ? a1 : n == 2 ? a2 : n == 3 ? a3 : n == 4 ? a4 : n == 5 ? a5 : 0;
 }
 
+static __always_inline void send_region(u32 kind, u64 addr, u64 len, u64 arg, u64 stack_id)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct region_event e = {bpf_ktime_get_ns(), 0, id >> 32, (u32)id, kind, 0, addr, len, arg,
+                             stack_id};
+    if (snaps.ringbuf_output(&e, sizeof(e), 0) != 0)
+        count(N_REGIONS_LOST);
+}
+
 static __always_inline u64 get_config(int which)
 {
     u64 *v = config.lookup(&which);
@@ -124,6 +164,11 @@ static __always_inline int on_entry(struct pt_regs *ctx, u64 cookie)
         count(N_NESTED);
         return 0;
     }
+    if (cookie & C_FCNTL) {
+        u64 cmd = (u32)arg(ctx, 1);
+        if (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC)
+            return 0;
+    }
     struct inflight in = {};
     u64 size = ARG(cookie, 9) == NO_ARG ? 1 : arg(ctx, ARG(cookie, 9));
     if (ARG(cookie, 12) != NO_ARG)
@@ -135,7 +180,9 @@ static __always_inline int on_entry(struct pt_regs *ctx, u64 cookie)
     in.out = ARG(cookie, 18) == NO_ARG ? 0 : arg(ctx, ARG(cookie, 18));
     in.sp = ctx->sp;
     in.depth = 1;
-    if (in.old && !(cookie & C_FD)) {
+    if (cookie & C_MREMAP)
+        send_region(R_MREMAP_BEGIN, arg(ctx, 0), arg(ctx, 1), arg(ctx, 3), 0);
+    if (in.old && !(cookie & (C_FD | C_REGION))) {
         struct alloc_info *old = allocs.lookup(&in.old);
         if (old) {
             in.old_info = *old;
@@ -147,9 +194,40 @@ static __always_inline int on_entry(struct pt_regs *ctx, u64 cookie)
     return 0;
 }
 
+// close_range(first, last, flags): every tracked fd from first to min(last, the highest fd
+// tracked) dropped at entry (the call fails only on bad flags or first > last).
+static __always_inline int close_range(struct pt_regs *ctx)
+{
+    u64 first = (u32)arg(ctx, 0), last = (u32)arg(ctx, 1);
+    int zero = 0;
+    u64 *m = fd_max.lookup(&zero);
+    if ((arg(ctx, 2) & CLOSE_RANGE_CLOEXEC) || !m || first > last)
+        return 0;
+    if (last > *m)
+        last = *m;
+    if (last >= first + CLOSE_RANGE_MAX) {
+        count(N_RANGE_CUT);
+        last = first + CLOSE_RANGE_MAX - 1;
+    }
+    for (int i = 0; i < CLOSE_RANGE_MAX; i++) {
+        u64 fd = first + i;
+        if (fd > last)
+            break;
+        allocs.delete(&fd);
+    }
+    return 0;
+}
+
 static __always_inline int on_free(struct pt_regs *ctx, u64 cookie)
 {
     u64 addr = arg(ctx, ARG(cookie, 9));
+    if (cookie & C_REGION) {
+        send_region(R_MUNMAP, addr, arg(ctx, 1), 0, 0);
+        return 0;
+    }
+    if (cookie & C_RANGE) {
+        return close_range(ctx);
+    }
     if (cookie & C_FD)
         addr = (u32)addr;
     allocs.delete(&addr);
@@ -301,6 +379,10 @@ static __always_inline int on_return(struct pt_regs *ctx, u64 cookie)
     // succeeded, or asked for 0 bytes; when it failed, the block is still the caller's
     if (in.had_old && failed && in.size != 0 && allocs.update(&in.old, &in.old_info) != 0)
         count(N_ALLOCS_FULL);
+    if (cookie & C_MREMAP) {   // resizes or moves what is tracked: no new allocation
+        send_region(R_MREMAP_END, failed ? ~0ULL : addr[0], in.size, 0, 0);
+        return 0;
+    }
     if (failed)
         return 0;
     if ((cookie & C_FD) && ARG(cookie, 15) != NO_ARG && (u32)in.old == (u32)ret)
@@ -311,10 +393,21 @@ static __always_inline int on_return(struct pt_regs *ctx, u64 cookie)
     if (every > 1 && bpf_get_prandom_u32() % every != 0)
         return 0;
     struct alloc_info info = {in.size, bpf_ktime_get_ns(), stack_id(ctx, cookie & 0xff)};
+    if (cookie & C_REGION) {
+        send_region(R_MMAP, addr[0], in.size, 0, info.stack_id);
+        return 0;
+    }
     if (allocs.update(&addr[0], &info) != 0)
         count(N_ALLOCS_FULL);
     if (n == 2 && allocs.update(&addr[1], &info) != 0)
         count(N_ALLOCS_FULL);
+    int zero = 0;
+    u64 *m = fd_max.lookup(&zero);
+    if ((cookie & C_FD) && m) {
+        u64 top = n == 2 && addr[1] > addr[0] ? addr[1] : addr[0];
+        if (top > *m)
+            *m = top;
+    }
     return 0;
 }
 

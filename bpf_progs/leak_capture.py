@@ -43,12 +43,19 @@ _RETURN = 1 << 8
 _FREE = 1 << 21
 _FD = 1 << 22
 _PAGES = 1 << 23
+_REGION = 1 << 24
+_MREMAP = 1 << 25
+_FCNTL = 1 << 26
+_RANGE = 1 << 27
 _NO_ARG = 7
 #: Stack flag: the kernel walk stopped at MAX_FRAMES.
 STACK_DEEP = 1
 #: Stack ids with this bit are pending: the rest is the sequence number of a snapshot.
 PENDING = 1 << 63
-COUNTERS = ("snapshots", "lost", "allocs_full", "stacks_full", "deep", "warm", "nested")
+COUNTERS = ("snapshots", "lost", "allocs_full", "stacks_full", "deep", "warm", "nested",
+            "regions_lost", "range_cut")
+# struct region_event: time_ns, seq (0), pid, tid, kind, pad, addr, len, arg, stack_id
+_REGION_EV = struct.Struct("<QQIII4xQQQQ")
 # struct snap_head: time_ns, seq, pid, tid, alloc, stack_len, flags, pad, struct pt_regs
 _HEAD = struct.Struct(f"<QQIIIII4x{len(PT_REGS)}Q")
 _REG_SLOTS = tuple((USER_REGS_FIELDS[name], 7 + i) for i, name in enumerate(PT_REGS)
@@ -66,19 +73,26 @@ def _arg(n: int | None) -> int:
 
 def alloc_cookie(index: int, size: int | None = None, size2: int | None = None,
                  old: int | None = None, out: int | None = None, *, fd: bool = False,
-                 pages: bool = False) -> int:
+                 pages: bool = False, region: bool = False, mremap: bool = False,
+                 fcntl: bool = False) -> int:
     """The entry probe's cookie of allocator `index` (0-based argument numbers: the size, its
     multiplier, realloc's old pointer, an out pointer that receives the address); the return
-    probe's cookie is this with the return bit."""
+    probe's cookie is this with the return bit. `region`: mmap (its calls become
+    `RegionEvent`s); with `mremap` too: mremap(old, old_len, new_len, flags). `fcntl`: an
+    fd allocator only when its command is F_DUPFD or F_DUPFD_CLOEXEC."""
     if not 0 <= index < 256:
         raise ValueError("at most 256 allocator functions")
     return (index | _arg(size) << 9 | _arg(size2) << 12 | _arg(old) << 15 | _arg(out) << 18
-            | (_FD if fd else 0) | (_PAGES if pages else 0))
+            | (_FD if fd else 0) | (_PAGES if pages else 0) | (_REGION if region else 0)
+            | (_MREMAP if mremap else 0) | (_FCNTL if fcntl else 0))
 
 
-def free_cookie(addr: int, *, fd: bool = False) -> int:
-    """The cookie of a function that frees its argument number `addr` (0-based)."""
-    return _FREE | addr << 9 | (_FD if fd else 0)
+def free_cookie(addr: int, *, fd: bool = False, region: bool = False,
+                fd_range: bool = False) -> int:
+    """The cookie of a function that frees its argument number `addr` (0-based); `region`:
+    munmap(addr, len), sent as a `RegionEvent`; `fd_range`: close_range(first, last, flags)."""
+    return (_FREE | addr << 9 | (_FD if fd else 0) | (_REGION if region else 0)
+            | (_RANGE if fd_range else 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +121,21 @@ class LeakSnapshot(NamedTuple):
     truncated: bool
 
 
+class RegionEvent(NamedTuple):
+    """An mmap (kind 1: `addr` returned, `len` bytes, `stack_id`), munmap (2: `addr`, `len`),
+    mremap entry (3: old `addr`, old `len`, flags `arg`) or return (4: new `addr`, ~0 when it
+    failed, new `len`), in the order the target made them."""
+
+    time_ns: int
+    pid: int
+    tid: int
+    kind: int
+    addr: int
+    len: int
+    arg: int
+    stack_id: int
+
+
 class LiveAllocations(NamedTuple):
     """Every tracked allocation at one moment, as columns."""
 
@@ -123,10 +152,13 @@ class LeakCapture:
                  on_snapshot: Callable[[LeakSnapshot], None],
                  cflags: Callable[[], tuple[str, ...]], max_allocs: int,
                  size_bounds: tuple[int, int] = (0, 0), sample_every: int = 1,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None,
+                 on_region: Callable[[RegionEvent], None] | None = None) -> None:
         """:param size_bounds: (min, max) bytes tracked; max 0: no bound.
+        :param on_region: gets mmap/munmap/mremap calls (dropped without it).
         :param sample_every: track one allocation in this many (at random)."""
         self._on_snapshot = on_snapshot
+        self._on_region = on_region
         self._links: list[UprobeMultiLink] = []
         self._ring: RingBuffer | None = None
         compiled, self.from_cache = get_program(_SOURCE.read_text(), (), cflags, "on_event",
@@ -170,6 +202,11 @@ class LeakCapture:
                                                [p.cookie for p in mine], pid=pid))
 
     def _sample(self, data: memoryview) -> None:
+        if len(data) == _REGION_EV.size and int.from_bytes(data[8:16], "little") == 0:
+            if self._on_region is not None:
+                t, _, pid, tid, kind, addr, length, arg, sid = _REGION_EV.unpack_from(data)
+                self._on_region(RegionEvent(t, pid, tid, kind, addr, length, arg, sid))
+            return
         head = _HEAD.unpack_from(data)
         regs = {number: head[slot] for number, slot in _REG_SLOTS}
         end = _HEAD.size + min(head[5], len(data) - _HEAD.size)

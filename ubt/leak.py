@@ -23,6 +23,7 @@ from unwind.memory import StackBytes
 from unwind.unwinder import Method, RawFrame, StopReason
 
 from . import leak_report, leak_rules
+from .leak_regions import Regions, merged
 from .bcc_env import kernel_cflags, load_capture, prepare
 from .errors import UbtError
 from .launcher import Launcher
@@ -69,6 +70,7 @@ class Learner:
         self._settled = 0   # seqs up to this were resolved before the last report
         self.last_seq = 0   # the newest snapshot read
         self.walked: dict[int, tuple[int, tuple[int, ...], StopReason]] = {}
+        self.regions = Regions()   # mmap'd ranges (their calls arrive as events)
         self.snapshots = self.truncated = self.incomplete = self.no_maps = 0
 
     def on_snapshot(self, s: LeakSnapshot) -> None:
@@ -151,7 +153,8 @@ def run(opts: LeakOptions, out: TextIO = sys.stdout) -> int:
     probes = probes_for(allocators, opts.fd)
     capture = load_capture(lambda: LeakCapture(probes, pid, learner.on_snapshot, kernel_cflags,
                                                opts.max_allocs, (opts.min_size, opts.max_size),
-                                               opts.sample_rate),
+                                               opts.sample_rate,
+                                               on_region=learner.regions.apply),
                            launcher.kill if launcher else lambda: None)
     learner.capture = capture
     names = ", ".join(dict.fromkeys(a.label for a in allocators))
@@ -212,7 +215,8 @@ def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
     sent = capture.last_seq()   # every snapshot sent so far, unwound before the map is read
     while learner.last_seq < sent and capture.poll(0):
         pass
-    live = capture.allocations()
+    capture.poll(0)   # the region events sent so far too
+    live = merged(capture.allocations(), learner.regions.live())
     since = launcher.command_since_ns if launcher else 0
     if since is None:
         since = 1 << 64  # the command never started: nothing it allocated
@@ -283,6 +287,10 @@ def _end_line(capture: LeakCapture, learner: Learner) -> None:
               (learner.truncated, "truncated stacks"), (c["deep"], "stacks cut at 64 frames")]
     if_any = [(learner.incomplete, "stopped before the outermost frame"),
               (c["nested"], "allocator calls inside another one (not tracked)"),
+              (c["regions_lost"], "mmap/munmap/mremap calls lost (ring buffer full): mapped "
+                                  "bytes may be wrong"),
+              (c["range_cut"], "close_range calls over more than 4096 tracked fds (the rest "
+                               "still counted open)"),
               (learner.no_maps, "dropped: process gone before its maps were read")]
     shown = always + [(n, what) for n, what in if_any if n]
     print("ubt: " + ", ".join(f"{n} {what}" for n, what in shown), file=sys.stderr)

@@ -35,6 +35,10 @@ class AllocFunc:
         descriptor copied (dup2, dup3): a call returning it made no new one.
     :param out: a pointer the address (or an fd pair) is written through; the call returns 0.
     :param frees: the function frees its argument `size`.
+    :param region: mmap, munmap, mremap (with `mremap`): kept by ranges in user space
+        (`leak_regions`), not by address in the kernel.
+    :param fcntl: fcntl: a new fd only for F_DUPFD and F_DUPFD_CLOEXEC.
+    :param fd_range: close_range(first, last, flags): frees every fd in the range.
     """
 
     name: str
@@ -44,26 +48,36 @@ class AllocFunc:
     out: int | None = None
     pages: bool = False
     frees: bool = False
+    region: bool = False
+    mremap: bool = False
+    fcntl: bool = False
+    fd_range: bool = False
     required: bool = False
 
     def cookie(self, index: int, fd: bool) -> int:
         if self.frees:
-            return free_cookie(self.size or 0, fd=fd)
+            return free_cookie(self.size or 0, fd=fd, region=self.region,
+                               fd_range=self.fd_range)
         return alloc_cookie(index, self.size, self.size2, self.old, self.out, fd=fd,
-                            pages=self.pages)
+                            pages=self.pages, region=self.region, mremap=self.mremap,
+                            fcntl=self.fcntl)
 
 
 MEMORY = (AllocFunc("malloc", required=True), AllocFunc("calloc", 1, 0),
           AllocFunc("realloc", 1, old=0), AllocFunc("reallocarray", 1, 2, old=0),
           AllocFunc("posix_memalign", 2, out=0), AllocFunc("aligned_alloc", 1),
           AllocFunc("memalign", 1), AllocFunc("valloc", 0), AllocFunc("pvalloc", 0, pages=True),
-          AllocFunc("mmap", 1), AllocFunc("free", 0, frees=True, required=True),
-          AllocFunc("munmap", 0, frees=True))
+          AllocFunc("mmap", 1, pages=True, region=True),
+          AllocFunc("mremap", 2, region=True, mremap=True),
+          AllocFunc("free", 0, frees=True, required=True),
+          AllocFunc("munmap", 0, frees=True, region=True))
 FDS = (AllocFunc("open", None, required=True), AllocFunc("openat", None),
        AllocFunc("socket", None), AllocFunc("accept", None), AllocFunc("accept4", None),
        AllocFunc("dup", None), AllocFunc("dup2", None, old=0), AllocFunc("dup3", None, old=0),
        AllocFunc("pipe", None, out=0), AllocFunc("pipe2", None, out=0),
-       AllocFunc("close", 0, frees=True, required=True))
+       AllocFunc("fcntl", None, fcntl=True), AllocFunc("fcntl64", None, fcntl=True),
+       AllocFunc("close", 0, frees=True, required=True),
+       AllocFunc("close_range", 0, frees=True, fd_range=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,3 +103,13 @@ def test_fd_dup2_onto_itself_keeps_the_open_stack(ubt: Any, fixture_build: Any) 
     program = fixture_build.program_path("leaky", "O2-nofp")
     found = stacks(ubt.run("leak", "--fd", "-c", f"{program} fd_dup_same", "--format", "json"))
     assert callers(found) == {("open", "fd_dup_same"): 1}
+
+
+def test_fd_fcntl_dupfd_and_close_range(ubt: Any, fixture_build: Any) -> None:
+    """fcntl F_DUPFD and F_DUPFD_CLOEXEC make fds (fcntl's stack; F_GETFL makes none), and
+    close_range closes every tracked fd in its range: 2 from fcntl, 1 of 4 opens left."""
+    program = fixture_build.program_path("leaky", "O2-nofp")
+    found = stacks(ubt.run("leak", "--fd", "-c", f"{program} fd_more", "--format", "json"))
+    pairs = [(s["stack"][0]["function"], s["stack"][1]["function"], s["count"]) for s in found]
+    assert sorted(pairs) == [("fcntl", "fd_dupfd", 1), ("fcntl", "fd_dupfd", 1),  # 2 sites
+                             ("open", "fd_ranged", 1)]
