@@ -405,8 +405,12 @@ static __always_inline int on_return(struct pt_regs *ctx, u64 cookie)
     u64 *m = fd_max.lookup(&zero);
     if ((cookie & C_FD) && m) {
         u64 top = n == 2 && addr[1] > addr[0] ? addr[1] : addr[0];
-        if (top > *m)
-            *m = top;
+        u64 cur = *m;
+        // Raised by an atomic add of what this call saw missing: two threads racing both add,
+        // so the bound may overshoot (a longer close_range loop) but never ends below an fd
+        // (a plain store could, and close_range would then miss that fd).
+        if (top > cur)
+            __sync_fetch_and_add(m, top - cur);
     }
     return 0;
 }
