@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from symbolizer.dwarf_aranges import build_cu_map
 from symbolizer.dwarf_attrs import AT_DECL_LINE, AT_PRODUCER, AT_TYPE, Die, DieReader
+from symbolizer.dwarf_call_sites import CallSites, call_sites
 from symbolizer.dwarf_functions import FunctionDef, FunctionFinder
 from symbolizer.dwarf_lines import NO_FILE, read_line_rows
 from symbolizer.dwarf_scopes import Scope, ScopeBuilder, ScopeKind, Variable
@@ -74,8 +75,10 @@ class Lister:
         cache = None
         if build_id:
             cache = os.path.join(cache_root(cache_dir), "funcs", f"{build_id}.v1")
-        self._finder = FunctionFinder(self.main, self._reader, build_cu_map(self.main), cache)
+        self._cu_map = build_cu_map(self.main)
+        self._finder = FunctionFinder(self.main, self._reader, self._cu_map, cache)
         self._trees: dict[int, Scope] = {}
+        self._call_sites: dict[int, CallSites | None] = {}
 
     def function_names(self) -> list[str]:
         """Every function name the debug file defines or inlines (for "did you mean")."""
@@ -138,6 +141,25 @@ class Lister:
                 return rows.addrs[i]
             i += 1
         return entry
+
+    def call_sites(self, entry_pc: int) -> CallSites | None:
+        """The direct calls of the function entered at `entry_pc` made in its unit, by return
+        address (`symbolizer.dwarf_call_sites`); None: entry values cannot be recovered."""
+        if entry_pc not in self._call_sites:
+            found: CallSites | None = None
+            try:
+                unit = self._cu_map.unit_for(entry_pc)
+                if unit is not None:
+                    sub = next((self._reader.die(self.main, s.offset)
+                                for s in self._finder.scan(unit).scopes
+                                if s.parent < 0 and s.ranges and s.ranges[0][0] == entry_pc),
+                               None)
+                    if sub is not None:
+                        found = call_sites(self._reader, sub)
+            except DwarfError:
+                found = None
+            self._call_sites[entry_pc] = found
+        return self._call_sites[entry_pc]
 
     def variable_type(self, var: Variable) -> CType:
         """The C type of a variable listed by this lister, for reading its value."""

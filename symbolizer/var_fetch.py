@@ -15,7 +15,9 @@ expression (`locate`):
 - ``DW_OP_implicit_value`` and constant ``stack_value`` expressions: bytes known now;
 - ``DW_OP_piece``: each piece on its own (a struct split over registers);
 - ``DW_OP_entry_value(DW_OP_regN)``: the register itself when the probe is at the function's
-  entry (where the entry value is the current value); elsewhere unavailable;
+  entry (where the entry value is the current value); elsewhere an `EntryValue`: the value the
+  caller passed, from the call site frame 1 returns to (`symbolizer.dwarf_call_sites`),
+  evaluated in user space; unavailable when no call site of the function passes it;
 - any other ``stack_value`` expression over registers (and stack memory) is kept as
   `Computed`: evaluated in user space from the hit's registers and captured stack;
 - anything else (implicit pointers, typed operations, TLS) is unavailable: printed ``?``,
@@ -24,6 +26,7 @@ expression (`locate`):
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from unwind.leb128 import read_sleb, read_uleb
@@ -102,9 +105,20 @@ class Computed:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class EntryValue:
+    """Register `reg` at the function's entry, recovered in user space from the caller: for
+    each direct call site (by return ELF address), the call value of that register
+    (`symbolizer.dwarf_call_sites.call_value`); a hit whose frame 1 returns elsewhere: `?`."""
+
+    reg: int
+    sites: tuple[tuple[int, bytes], ...]
+    size: int
+
+
 #: Where one piece of a value comes from: a read at the hit, bytes known now, a user-space
 #: computation, or nothing (unavailable).
-Source = Fetch | bytes | Computed | None
+Source = Fetch | bytes | Computed | EntryValue | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +129,14 @@ class PcContext:
     :param cfa: the CFA as (register, offset) from the CFI row there; None when CFI gives an
         expression or nothing.
     :param at_entry: the pc is the function's entry (entry values are the registers).
+    :param call_sites: elsewhere, the function's direct call sites (return ELF address →
+        register → call value) for entry values; None: entry values are unavailable.
     """
 
     frame_base: bytes | None
     cfa: tuple[int, int] | None
     at_entry: bool
+    call_sites: Mapping[int, Mapping[int, bytes]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,13 +281,22 @@ def _translate_any(expr: bytes, size: int, ctx: PcContext) -> Source:
 
 
 def _entry_value(expr: bytes, size: int, ctx: PcContext) -> Source:
-    """``DW_OP_entry_value(DW_OP_regN) DW_OP_stack_value``: the register, at the entry only."""
+    """``DW_OP_entry_value(DW_OP_regN) DW_OP_stack_value``: the register at the entry, else
+    the caller's call value of it (`EntryValue`)."""
     length, pos = read_uleb(expr, 1)
     inner, rest = expr[pos:pos + length], expr[pos + length:]
-    if not ctx.at_entry or rest != bytes([_OP_STACK_VALUE]) or len(inner) != 1 \
-            or not _OP_REG0 <= inner[0] <= _OP_REG31:
-        raise Unavailable("an entry value (the caller's register at the call)")
-    return Fetch(Address(inner[0] - _OP_REG0, 0), size, FetchMode.VALUE)
+    if rest != bytes([_OP_STACK_VALUE]) or len(inner) != 1 \
+            or not _OP_REG0 <= inner[0] <= _OP_REG31 or size > 8:
+        raise Unavailable("an entry value ubt cannot translate")
+    reg = inner[0] - _OP_REG0
+    if ctx.at_entry:
+        return Fetch(Address(reg, 0), size, FetchMode.VALUE)
+    sites = tuple((pc, params[reg]) for pc, params in sorted((ctx.call_sites or {}).items())
+                  if reg in params)
+    if not sites:
+        raise Unavailable("an entry value (the caller's register at the call) no call site "
+                          "gives")
+    return EntryValue(reg, sites, size)
 
 
 def _linear(expr: bytes, ctx: PcContext) -> tuple[Address, bool] | None:

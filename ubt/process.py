@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from bpf_progs.capture import ProbePoint, ProbeValues, RawHit, StackCapture
-from unwind.unwinder import StopReason
+from unwind.unwinder import CallerFrame, StopReason
 
 from . import hit_render, var_probes
 from .bcc_env import kernel_cflags, load_capture, prepare
@@ -37,7 +37,8 @@ from .trace import Frame, Hit
 from .var_plan import values_at
 
 #: A hit's `--print` values as (label, printed value).
-Values = Callable[[RawHit], tuple[tuple[str, str], ...]]
+#: (the frame 1 of the hit's stack, computed on demand for entry values).
+Values = Callable[[RawHit, Callable[[], CallerFrame | None]], tuple[tuple[str, str], ...]]
 #: Records per queue item: one queue operation (two lock round trips) per batch, not per record.
 BATCH = 64
 
@@ -78,7 +79,8 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
         value_probes, wanted = var_probes.resolve_all(binary, opts.probes, opts.prints)
         points = [vp.point for vp in value_probes]
         plans = [vp.plan for vp in value_probes]
-        values = lambda raw: tuple(values_at(plans[raw.probe_id], raw.vars, raw.regs, raw.stack))
+        values = lambda raw, caller: tuple(values_at(plans[raw.probe_id], raw.vars, raw.regs,
+                                                     raw.stack, caller))
     else:
         points = resolve_probes(binary, [parse_probe(p) for p in opts.probes])
     tracker = MapsTracker()
@@ -275,7 +277,9 @@ def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: Sta
         stats.incomplete += 1
     capture.learn(raw.probe_id, trace.stack_used, trace.complete, raw.truncated)
     return Hit(raw.pid, raw.tid, raw.comm, raw.time_ns, capture.probes[raw.probe_id].label,
-               trace, truncated, values(raw) if values is not None else ())
+               trace, truncated,
+               values(raw, lambda: pipeline.unwinder(snap).caller(raw.regs, raw.stack))
+               if values is not None else ())
 
 
 class _Aggregate:

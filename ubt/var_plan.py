@@ -16,18 +16,21 @@ Mistakes in an expression (an unknown variable or member, ``->`` on a non-pointe
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bpf_progs.fetch_gen import Layout, layout
 from symbolizer.dwarf_scopes import Variable
+from symbolizer.dwarf_call_sites import CALL_VALUE_REGISTERS, relocate
 from symbolizer.var_fetch import (
-    Computed, Fetch, FetchMode, Located, PcContext, Source, Unavailable, locate, member,
+    Computed, EntryValue, Fetch, FetchMode, Located, PcContext, Source, Unavailable, locate, member,
     pointer_value,
 )
 from symbolizer.var_types import CType, TypeKind, TypeReader
 from unwind.expr import ExprError, evaluate
 from unwind.memory import MemoryFault, MemoryReader
+from unwind.regs import RA
+from unwind.unwinder import CallerFrame
 
 from .errors import UbtError, UsageError
 from .values import STRING_FETCH, Shape, format_value, shape_of
@@ -39,8 +42,10 @@ _STEP = re.compile(r"->(\w+)|\.(\w+)|\[(\d+)\]")
 MAX_OBJECT = 4096
 
 #: Where one piece of an item comes from: index of a fetch, bytes known now, a user-space
-#: computation, or unavailable.
-Ref = int | bytes | Computed | None
+#: computation (of the hit, or of the caller's call site: an entry value), or unavailable.
+Ref = int | bytes | Computed | EntryValue | None
+#: Frame 1 of a hit, computed when an entry value needs it.
+Caller = Callable[[], CallerFrame | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,7 @@ class ProbePlan:
     items: tuple[Item, ...]
     fetches: tuple[Fetch, ...]
     layout: Layout
+    elf_addr: int = 0           # the probe's address (a hit's rip minus it: the load bias)
 
 
 def parse_prints(texts: Sequence[str]) -> list[str]:
@@ -137,6 +143,11 @@ class _Planner:
         if loc.memory is None and loc.window[1] > MAX_OBJECT or t.size > MAX_OBJECT:
             return Item(label, shape, error="too large")
         parts = tuple((n, self._ref(src)) for n, src in loc.pieces)
+        if any(isinstance(src, EntryValue) for _, src in parts) and (
+                shape.is_string or any(m.is_string for _, _, m in shape.members)):
+            # the string behind it would need a read at the hit, which an entry value (known
+            # after the hit, from the caller) cannot have
+            return Item(label, shape, error="a string behind an entry value")
         string = address = None
         if shape.is_string:
             string = self._string(loc)
@@ -239,13 +250,14 @@ def plan_probe(probe: str, words: Sequence[str], in_scope: Sequence[tuple[Variab
     planner = _Planner(probe, in_scope, available, elf_addr, ctx, types)
     items = tuple(item for word in words for item in planner.items(word))
     fetches = tuple(planner.fetches)
-    return ProbePlan(items, fetches, layout(fetches))
+    return ProbePlan(items, fetches, layout(fetches), elf_addr)
 
 
 def values_at(plan: ProbePlan, area: bytes, regs: Mapping[int, int],
-              stack: MemoryReader) -> list[tuple[str, str]]:
+              stack: MemoryReader, caller: Caller | None = None) -> list[tuple[str, str]]:
     """(label, printed value) of every item at one hit, from its vars `area`, registers and
-    captured stack."""
+    captured stack; `caller` gives frame 1 for entry values (without it they print ``?``)."""
+    frame1 = _Frame1(caller, regs.get(RA, 0) - plan.elf_addr)
     got: list[bytes | None] = []
     for i, (f, off) in enumerate(zip(plan.fetches, plan.layout.offsets)):
         ok = i < len(area) and area[i] == 1
@@ -255,7 +267,7 @@ def values_at(plan: ProbePlan, area: bytes, regs: Mapping[int, int],
         if item.error is not None:
             out.append((item.label, "?"))
             continue
-        data = _window(item, got, regs, stack)
+        data = _window(item, got, regs, stack, frame1)
         string = got[item.string] if item.string is not None else None
         address = got[item.address] if item.address is not None else None
         strings = {name: got[ref] for name, ref in item.member_strings}
@@ -265,8 +277,24 @@ def values_at(plan: ProbePlan, area: bytes, regs: Mapping[int, int],
     return out
 
 
+class _Frame1:
+    """Frame 1 of one hit, walked once when the first entry value asks."""
+
+    def __init__(self, caller: Caller | None, bias: int) -> None:
+        self._caller = caller
+        self.bias = bias
+        self._done = False
+        self._frame: CallerFrame | None = None
+
+    def get(self) -> CallerFrame | None:
+        if not self._done:
+            self._done = True
+            self._frame = self._caller() if self._caller is not None else None
+        return self._frame
+
+
 def _window(item: Item, got: list[bytes | None], regs: Mapping[int, int],
-            stack: MemoryReader) -> bytes | None:
+            stack: MemoryReader, frame1: _Frame1) -> bytes | None:
     """The bytes of the item's window, None when a piece it needs is unavailable."""
     start, size = item.window
     data = b""
@@ -278,6 +306,8 @@ def _window(item: Item, got: list[bytes | None], regs: Mapping[int, int],
             piece = got[ref]
         elif isinstance(ref, Computed):
             piece = _computed(ref, regs, stack)
+        elif isinstance(ref, EntryValue):
+            piece = _entry_value(ref, frame1, stack)
         else:
             piece = ref
         if piece is None:
@@ -295,6 +325,25 @@ def _computed(c: Computed, regs: Mapping[int, int], stack: MemoryReader) -> byte
     except (ExprError, MemoryFault):
         return None
     return value.to_bytes(8, "little")[:c.size].ljust(c.size, b"\0")
+
+
+def _entry_value(e: EntryValue, frame1: _Frame1, stack: MemoryReader) -> bytes | None:
+    """The value the caller passed in `e.reg`: the call value of the call site frame 1
+    returns to, from what is known of the caller (its callee-saved registers, rsp, CFA and
+    captured stack); None (``?``) for any other return address: an unknown caller, a call
+    that is not a direct one to this function."""
+    frame = frame1.get()
+    if frame is None:
+        return None
+    expr = dict(e.sites).get((frame.pc - frame1.bias) & ((1 << 64) - 1))
+    if expr is None:
+        return None
+    regs = {r: v for r, v in frame.regs.items() if r in CALL_VALUE_REGISTERS}
+    try:
+        value = evaluate(relocate(expr, frame1.bias), regs, stack, cfa=frame.cfa)
+    except (ExprError, MemoryFault, Unavailable):
+        return None
+    return value.to_bytes(8, "little")[:e.size].ljust(e.size, b"\0")
 
 
 __all__ = ["Item", "ProbePlan", "parse_prints", "plan_probe", "values_at"]

@@ -11,7 +11,8 @@ Two kinds of probe take ``--print``:
 
 The debug info is found like ``ubt list`` finds it (the binary, then its libraries). At the
 probe's address the CFA rule comes from the module's CFI (for ``DW_OP_call_frame_cfa`` frame
-bases) and the frame base from the function's DWARF; `ubt.var_plan` turns the expressions into
+bases) and the frame base from the function's DWARF; away from the entry, the function's call
+sites (`Lister.call_sites`) for entry values; `ubt.var_plan` turns the expressions into
 fetches. Return probes have no variables to read (the frame is gone): refused.
 """
 from __future__ import annotations
@@ -89,8 +90,10 @@ def resolve(binary: str, text: str, words: Sequence[str]) -> list[ValueProbe]:
         label = (f"{p.function}@{os.path.basename(p.file)}:{p.line}" if is_statement_probe
                  else p.function)
         entry_pc = p.entry_pc
+        at_entry = p.address == entry_pc
+        sites = lister.call_sites(entry_pc) if entry_pc is not None and not at_entry else None
         ctx = PcContext(p.frame_base.at(p.address) if p.frame_base else None, cfa,
-                        at_entry=p.address == entry_pc)
+                        at_entry=at_entry, call_sites=sites)
         in_scope = [(v, lister.variable_type(v)) for v in (*p.variables, *p.unavailable)]
         available = {v.die_offset for v in p.variables}
         plan = plan_probe(label, words, in_scope, available, p.address, ctx, lister.types)

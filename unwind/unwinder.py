@@ -30,6 +30,8 @@ _new_frame = tuple.__new__  # RawFrame without NamedTuple's Python-level __new__
 _MASK = (1 << 64) - 1
 #: The frame-pointer fallback trusts rbp only this far above the stack pointer.
 _FP_MAX_DISTANCE = 64 << 20
+#: rsp and the callee-saved registers (rbx, rbp, r12–r15): the ones `Unwinder.caller` knows.
+_KEPT_REGISTERS = frozenset((3, 6, 7, 12, 13, 14, 15))
 _RULE_MEMO = 1 << 16  # addresses remembered per Unwinder before the memo starts over
 _MISSING: Any = object()  # "not looked up yet" in the memo, where None means "no rule"
 
@@ -101,6 +103,21 @@ class UnwindResult:
     frames: tuple[RawFrame, ...]
     stop_reason: StopReason
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallerFrame:
+    """Frame 1 as the general walk recovers it from the innermost frame's CFI row.
+
+    :param pc: its pc (the return address).
+    :param regs: its registers: rsp and rip exact; the callee-saved ones (rbx, rbp, r12–r15)
+        restored or kept as CFI says; the others are the innermost frame's, not the caller's.
+    :param cfa: its CFA (from its own row), None when not known.
+    """
+
+    pc: int
+    regs: dict[int, int]
+    cfa: int | None
 
 
 #: Finds the unwind table and load bias of the module containing an absolute pc.
@@ -225,6 +242,34 @@ class Unwinder:
             del self._sp_misses[pc]
         frames, how = got
         return UnwindResult(tuple(frames), _SP_STOPS[how])
+
+    def caller(self, regs: Mapping[int, int], memory: MemoryReader) -> CallerFrame | None:
+        """Frame 1 with its registers, by one step of the general walk (`unwind` keeps no
+        registers). None when the innermost frame has no CFI (the frame-pointer guess restores
+        rbp only), is a signal frame, or the step fails."""
+        pc, sp = regs.get(RA), regs.get(RSP)
+        if pc is None or sp is None:
+            return None
+        rule = self._rules.get(pc, _MISSING)
+        if rule is _MISSING:
+            rule = self._rule_at(pc, pc)
+        if rule is None or rule[4]:
+            return None
+        caller = dict(regs)
+        try:
+            _apply_general(rule, caller, memory)
+            ret, caller_sp = caller.get(RA), caller.get(RSP)
+            if not ret or caller_sp is None or caller_sp <= sp:
+                return None
+            row = self._rules.get(ret - 1, _MISSING)
+            if row is _MISSING:
+                row = self._rule_at(ret, ret - 1)
+            cfa = None
+            if row is not None and row[2] is None and row[0] in _KEPT_REGISTERS:
+                cfa = (caller[row[0]] + row[1]) & _MASK
+        except (_Stop, MemoryFault, ExprError, KeyError):
+            return None
+        return CallerFrame(ret, caller, cfa)
 
     def unwind(self, regs: Mapping[int, int], memory: MemoryReader) -> UnwindResult:
         """Unwind from `regs` (DWARF number → value) reading saved values from `memory`."""

@@ -196,3 +196,18 @@ def test_from_user_regs() -> None:
             "orig_rax": 9, "cs": 10, "r15": 15}
     assert from_user_regs(user) == {0: 1, 3: 2, 16: 3, 7: 4, 49: 5, 58: 6, 59: 7, 51: 10, 15: 15}
     assert NAMES[16] == "rip" and NAMES[17] == "xmm0" and NAMES[55] == "gs"
+
+
+def test_caller_registers_come_from_the_cfi_row() -> None:
+    """Frame 1 with its registers (for entry values): rbx restored, rsp = frame 0's CFA, its
+    own CFA from its row."""
+    t = table(F1, (0x200, 0x300, make_rule(RSP, 32, None, ((RA, O, -8),), False)))
+    base = BIAS
+    unwinder = Unwinder(lambda pc: (t, base) if base <= pc < base + 0x1000 else None)
+    mem = StackBytes(SP, struct.pack("<2Q", 77, base + 0x250))
+    got = unwinder.caller({RA: base + 0x150, RSP: SP, RBX: 1, 0: 5}, mem)
+    assert got is not None
+    assert (got.pc, got.regs[RBX], got.regs[RSP], got.cfa) == (base + 0x250, 77, SP + 16,
+                                                               SP + 48)
+    assert unwinder.caller({RA: base + 0x900, RSP: SP}, mem) is None     # no CFI: no guess
+    assert unwinder.caller({RA: base + 0x150, RSP: SP}, StackBytes(SP, b"")) is None
