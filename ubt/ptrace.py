@@ -71,6 +71,21 @@ def _comm(pid: int, tid: int) -> str:
         return "?"
 
 
+def _thread_gone(pid: int, tid: int) -> bool:
+    """Whether thread `tid` of `pid` has exited or is exiting (ptrace refuses those with EPERM,
+    as it refuses a tracer that is not allowed); an exiting thread may still look alive for a
+    moment, so it is looked at a few times over ~3 ms."""
+    for _ in range(3):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.001)
+    return False
+
+
 def _state(pid: int) -> str:
     """The process state letter from /proc/PID/stat ('Z' for a zombie), '' if it is gone."""
     try:
@@ -95,6 +110,8 @@ def _seized(pid: int) -> Iterator[list[int]]:
                 except OSError as e:
                     if e.errno == errno.ESRCH:
                         continue  # the thread exited between listing and seizing
+                    if e.errno == errno.EPERM and tid != pid and _thread_gone(pid, tid):
+                        continue  # refused because it is exiting: the process lives on
                     if e.errno == errno.EPERM and _state(pid) == "Z":
                         raise ProcessGone(pid, "has exited (zombie)") from None
                     if e.errno == errno.EPERM:
@@ -102,8 +119,14 @@ def _seized(pid: int) -> Iterator[list[int]]:
                                                 "already traced)") from None
                     raise AttachDenied(pid, e.strerror or str(e)) from None
                 seized.append(tid)
-                ptrace_request(_PTRACE_INTERRUPT, tid)
-                os.waitpid(tid, _WALL)
+                try:
+                    ptrace_request(_PTRACE_INTERRUPT, tid)
+                    os.waitpid(tid, _WALL)
+                except (OSError, ChildProcessError) as e:
+                    if tid == pid or getattr(e, "errno", None) not in (errno.ESRCH,
+                                                                       errno.ECHILD):
+                        raise
+                    # the thread exited right after being seized; its snapshot is skipped
         if not seized:
             raise ProcessGone(pid, "has no threads left")
         yield seized
@@ -148,7 +171,13 @@ def capture_process(pid: int) -> list[Snapshot]:
             mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
             try:
                 for tid in tids:
-                    user = _registers(tid)
+                    try:
+                        user = _registers(tid)
+                    except ProcessLookupError:
+                        if tid == pid:
+                            raise
+                        continue  # a thread that exited before it stopped: not a stack
+
                     snapshots.append(Snapshot(
                         pid=pid, tid=tid, comm=_comm(pid, tid), regs=from_user_regs(user),
                         stack=_copy_stack(mem_fd, maps, user["rsp"]), maps_text=maps_text,
