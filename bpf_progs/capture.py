@@ -40,9 +40,10 @@ PT_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "
 # struct hit_head: time_ns, pid, tid, probe, stack_len, flags, pad, comm[16], struct pt_regs
 _HEAD = struct.Struct(f"<QIIIII4x16s{len(PT_REGS)}Q")
 # DWARF numbers of the pt_regs fields that have one (not orig_rax), and a getter of their
-# values from the unpacked header (fields from index 7 on)
-_REG_NUMBERS = tuple(USER_REGS_FIELDS[name] for name in PT_REGS if name in USER_REGS_FIELDS)
-_reg_values = itemgetter(*(7 + i for i, name in enumerate(PT_REGS) if name in USER_REGS_FIELDS))
+# values from an unpacked record header whose pt_regs start at field 7 (this program's
+# hit_head and leak.c's snap_head both do): ``dict(zip(REG_NUMBERS, reg_values(head)))``
+REG_NUMBERS = tuple(USER_REGS_FIELDS[name] for name in PT_REGS if name in USER_REGS_FIELDS)
+reg_values = itemgetter(*(7 + i for i, name in enumerate(PT_REGS) if name in USER_REGS_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,7 @@ class StackCapture:
 
     def _sample(self, data: memoryview) -> None:
         head = _HEAD.unpack_from(data)  # runs for every record: kept to plain operations
-        regs = dict(zip(_REG_NUMBERS, _reg_values(head)))
+        regs = dict(zip(REG_NUMBERS, reg_values(head)))
         start = self._head_size
         end = start + min(head[4], len(data) - start)
         stack = StackBytes(regs[7], bytes(data[start:end]))

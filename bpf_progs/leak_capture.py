@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from unwind.memory import StackBytes
-from unwind.regs import USER_REGS_FIELDS
 
 from .bpfsys import (PROG_TYPE_KPROBE, BpfError, map_lookup, map_lookup_batch, map_update,
                      possible_cpus)
-from .capture import PT_REGS, detach
+from .capture import PT_REGS, REG_NUMBERS, detach, reg_values
 from .objcache import LoadedProgram, get_program, load
 from .ringbuf import RingBuffer
 from .uprobe_link import BPF_TRACE_UPROBE_MULTI, UprobeMultiLink, file_offsets
@@ -58,8 +57,6 @@ COUNTERS = ("snapshots", "lost", "allocs_full", "stacks_full", "deep", "warm", "
 _REGION_EV = struct.Struct("<QQIII4xQQQQ")
 # struct snap_head: time_ns, seq, pid, tid, alloc, stack_len, flags, pad, struct pt_regs
 _HEAD = struct.Struct(f"<QQIIIII4x{len(PT_REGS)}Q")
-_REG_SLOTS = tuple((USER_REGS_FIELDS[name], 7 + i) for i, name in enumerate(PT_REGS)
-                   if name in USER_REGS_FIELDS)
 _RULE = struct.Struct("<ihBx")
 _STACK_HEAD = struct.Struct("<IHH")
 #: map_update's errors when a hash map has no room (E2BIG: full; ENOMEM: no memory for a
@@ -208,7 +205,7 @@ class LeakCapture:
                 self._on_region(RegionEvent(t, pid, tid, kind, addr, length, arg, sid))
             return
         head = _HEAD.unpack_from(data)
-        regs = {number: head[slot] for number, slot in _REG_SLOTS}
+        regs = dict(zip(REG_NUMBERS, reg_values(head)))
         end = _HEAD.size + min(head[5], len(data) - _HEAD.size)
         stack = StackBytes(regs[7], bytes(data[_HEAD.size:end]))
         self._on_snapshot(LeakSnapshot(head[1], head[2], head[3], head[4], head[0], regs,
