@@ -456,6 +456,7 @@ def python_stages(b: Bench, func: str, rounds: int, calls: int) -> float:
     copy size learnt, tables loaded) and is not counted."""
     from bpf_progs.capture import ProbePoint, StackCapture
     from ubt import process as ubt_process
+    from ubt.hit_render import stack_key
     from ubt.maps_tracker import MapsTracker
     from ubt.pipeline import Pipeline
     from ubt.probes import resolve_binary, resolve_probes
@@ -490,7 +491,7 @@ def python_stages(b: Bench, func: str, rounds: int, calls: int) -> float:
             t = time.perf_counter()
             for hit in hits:
                 if hit is not None:
-                    ubt_process._stack_key(hit)
+                    stack_key(hit)
             kt = time.perf_counter() - t
             proc.kill()
             proc.wait()
@@ -504,7 +505,7 @@ def python_stages(b: Bench, func: str, rounds: int, calls: int) -> float:
              f"{drain_s * 1e6 / drained:.1f}", f"{drained / drain_s:,.0f}"),
             ("unwind + symbolize (process._resolve)", f"{resolved:,}",
              f"{resolve_s * 1e6 / resolved:.1f}", f"{resolved / resolve_s:,.0f}"),
-            ("aggregate key (process._stack_key)", f"{resolved:,}",
+            ("aggregate key (hit_render.stack_key)", f"{resolved:,}",
              f"{key_s * 1e6 / resolved:.1f}", f"{resolved / key_s:,.0f}")]
     total = drain_s + resolve_s + key_s
     rows.append(("all stages, one thread", f"{resolved:,}", f"{total * 1e6 / resolved:.1f}",

@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
@@ -24,16 +23,17 @@ from typing import TextIO
 from bpf_progs.capture import ProbePoint, ProbeValues, RawHit, StackCapture
 from unwind.unwinder import CallerFrame, StopReason
 
-from . import hit_render, var_probes
+from . import var_probes
 from .bcc_env import kernel_cflags, load_capture, prepare
 from .errors import UbtError
+from .hit_render import HitOutput
 from .launcher import Launcher
 from .maps_tracker import MapsTracker
 from .pipeline import Pipeline
 from .probes import AttachPoint, resolve_binary, resolve_probes
 from .probespec import parse_probe
 from .snapshot import Snapshot
-from .trace import Frame, Hit
+from .trace import Hit
 from .var_plan import values_at
 
 #: A hit's `--print` values as (label, printed value).
@@ -160,7 +160,7 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
     drain = threading.Thread(target=_drain, args=(capture, records, flush, stop, alive),
                              name="ubt-drain", daemon=True)
     pipeline = Pipeline()
-    aggregate = _Aggregate(opts.fmt == "folded")
+    output = HitOutput(opts.fmt, opts.aggregate, out)
     deadline = time.monotonic() + opts.duration if opts.duration else None
     # The first Ctrl-C only sets a flag, checked between hits: a hit is printed and counted
     # whole or not at all (a KeyboardInterrupt could land between the two). A second one, in
@@ -192,8 +192,8 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
                                             and stats.hits >= opts.max_hits) \
                         or (deadline is not None and time.monotonic() >= deadline):
                     break
-                _walk(raw, opts, capture, tracker, pipeline, stats, aggregate, out,
-                      values)
+                _walk(raw, capture, tracker, pipeline, stats, output, values)
+            output.flush()
     except KeyboardInterrupt:
         pass  # the second Ctrl-C
     finally:
@@ -202,22 +202,17 @@ def _trace(opts: ProcessOptions, capture: StackCapture,
         # interrupted one could lose the aggregate or leave the command running.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         drain.join()  # before the ring buffer is freed under its poll (each poll <= 100 ms)
-        aggregate.print(opts, out)
+        output.finish()
 
 
-def _walk(raw: RawHit, opts: ProcessOptions, capture: StackCapture, tracker: MapsTracker,
-          pipeline: Pipeline, stats: _Stats, aggregate: _Aggregate, out: TextIO, values: Values | None = None) -> None:
+def _walk(raw: RawHit, capture: StackCapture, tracker: MapsTracker, pipeline: Pipeline,
+          stats: _Stats, output: HitOutput, values: Values | None = None) -> None:
     """Unwind and symbolize one record; count it (aggregate, folded) or print it."""
     hit = _resolve(raw, tracker, pipeline, capture, stats, values)
     if hit is None:
         return
     stats.hits += 1
-    if opts.aggregate or opts.fmt == "folded":
-        aggregate.add(hit)
-    else:
-        out.write((hit_render.hit_json(hit) if opts.fmt == "json"
-                   else hit_render.hit_text(hit) + "\n") + "\n")
-        out.flush()
+    output.add(hit)
 
 
 def _drain(capture: StackCapture, records: queue.Queue[list[RawHit] | None],
@@ -280,49 +275,6 @@ def _resolve(raw: RawHit, tracker: MapsTracker, pipeline: Pipeline, capture: Sta
                trace, truncated,
                values(raw, lambda: pipeline.unwinder(snap).caller(raw.regs, raw.stack))
                if values is not None else ())
-
-
-class _Aggregate:
-    """Counts per distinct stack (`--aggregate`, `--format folded`), one example hit each."""
-
-    def __init__(self, folded: bool) -> None:
-        self.counts: Counter[str] = Counter()
-        self.examples: dict[str, Hit] = {}
-        self._folded = folded
-        # the pipeline hands out one frames tuple per distinct stack: its key is made once
-        self._keys: dict[tuple[int, str, str], tuple[tuple[Frame, ...], str]] = {}
-
-    def add(self, hit: Hit) -> None:
-        frames = hit.trace.frames
-        memo = (id(frames), hit.probe, hit.comm)
-        known = self._keys.get(memo)
-        if known is None or known[0] is not frames:
-            if len(self._keys) >= 1 << 16:
-                self._keys.clear()
-            key = hit_render.folded_key(hit) if self._folded else _stack_key(hit)
-            known = self._keys[memo] = (frames, key)
-        key = known[1]
-        self.counts[key] += 1
-        self.examples.setdefault(key, hit)
-
-    def print(self, opts: ProcessOptions, out: TextIO) -> None:
-        """The stacks, least frequent first (the most frequent ends next to the prompt)."""
-        for key, n in sorted(self.counts.items(), key=lambda kv: kv[1]):
-            if opts.fmt == "folded":
-                out.write(f"{key} {n}\n")
-            elif opts.fmt == "json":
-                out.write(hit_render.hit_json(self.examples[key], n) + "\n")
-            else:
-                out.write(hit_render.aggregate_text(n, self.examples[key]) + "\n\n")
-        out.flush()
-
-
-def _stack_key(hit: Hit) -> str:
-    """Identical stacks: the same code positions (module + offset, so the same path in two
-    processes of a command counts once whatever their load addresses), the same probe."""
-    return "\n".join(f"{f.module}+{f.offset:x}:{int(f.inlined)}" if f.module is not None
-                     and f.offset is not None else f"{f.pc:x}:{int(f.inlined)}"
-                     for f in hit.trace.frames) + hit.probe
 
 
 def _end_line(stats: _Stats, capture: StackCapture, launcher: Launcher | None) -> None:
