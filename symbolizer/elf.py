@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from typing import BinaryIO, TypeVar
 from elftools.common.exceptions import ELFError
 from elftools.construct.core import ConstructError
 from elftools.elf.elffile import ELFFile
+from lru import LRU
 
 from .symtab import CodeSection, RawSymbol, SymbolTable, decode_symbols
 
@@ -261,6 +263,27 @@ class ElfImage:
 
     def __repr__(self) -> str:
         return f"ElfImage({self.path!r}, build_id={self.build_id!r})"
+
+
+_IMAGES: LRU[tuple[str, int, int, int, int], ElfImage] = LRU(256)
+
+
+def open_image(path: str) -> ElfImage:
+    """`ElfImage(path)`, parsed once while the file stays the same (same device, inode, size
+    and modification time): every process map, symbolizer lookup and debug-file search reads
+    the headers of the same few files, and pyelftools takes ~5-10 ms per parse of a library.
+
+    :raises ElfFormatError: as `ElfImage`.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ElfImage(path)  # raises its usual error
+    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    image = _IMAGES.get(key)
+    if image is None:
+        image = _IMAGES[key] = ElfImage(path)
+    return image
 
 
 def _notes(blob: bytes, little: bool) -> Iterator[tuple[bytes, int, bytes]]:

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .elf import AltLink, ElfFormatError, ElfImage
+from .elf import AltLink, ElfFormatError, ElfImage, open_image
 
 DEFAULT_DEBUG_ROOT = "/usr/lib/debug"
 
@@ -150,7 +150,7 @@ def _open_if(path: str, build_id: str | None) -> ElfImage | None:
     if not os.path.isfile(path):
         return None
     try:
-        image = ElfImage(path)
+        image = open_image(path)
     except ElfFormatError:
         return None
     if build_id is not None and image.build_id != build_id:

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from .elf import ElfFormatError, ElfImage, LoadSegment
+from .elf import ElfFormatError, ElfImage, LoadSegment, open_image
 from .maps import MapEntry, ProcessMaps
 
 VDSO = "[vdso]"
@@ -164,7 +164,7 @@ def _file_module(group: list[MapEntry], pid: int | None, build_id: str | None,
     if first.is_deleted:
         file = f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}" if pid is not None else ""
     try:
-        image: ElfImage | None = ElfImage(file)
+        image: ElfImage | None = open_image(file)
     except ElfFormatError:
         image = None
     if build_id is not None and (image is None or image.build_id != build_id):

@@ -17,7 +17,7 @@ from lru import LRU
 from unwind.cfi import cache_root
 
 from .demangle import function_name
-from .elf import ElfFormatError, ElfImage
+from .elf import ElfFormatError, ElfImage, open_image
 from .frames import SourceFrame, SymbolReason, SymFrame
 from .locate import DebugFiles, DebugInfoLocator
 from .module import Module
@@ -91,7 +91,7 @@ class Symbolizer:
         key = _file_key(module)
         info: _FileInfo | None = self._files.get(key)
         if info is None:
-            info = _FileInfo(ElfImage(module.file), module.path)
+            info = _FileInfo(open_image(module.file), module.path)
             self._files[key] = info
         self._last = (module, info)
         return info
@@ -121,7 +121,7 @@ class Symbolizer:
         images: list[Callable[[], ElfImage | None]] = [
             lambda: info.image,
             info.image.minidebuginfo,
-            lambda: ElfImage(debug_path) if debug_path and debug_path != info.image.path
+            lambda: open_image(debug_path) if debug_path and debug_path != info.image.path
             else None,
         ]
         tables = []
@@ -152,7 +152,7 @@ class Symbolizer:
         files = self._debug_files(info)
         if files.debug_path is None:
             return None
-        debug = info.image if files.debug_path == info.image.path else ElfImage(files.debug_path)
+        debug = info.image if files.debug_path == info.image.path else open_image(files.debug_path)
         if not debug.has_dwarf:
             return None
         return self._load_index(files.debug_path, files.alt_path, info.image.build_id,

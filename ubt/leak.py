@@ -163,6 +163,7 @@ def run(opts: LeakOptions, out: TextIO = sys.stdout) -> int:
           file=sys.stderr, flush=True)
     try:
         if launcher:
+            learner.pipeline.preload(target.files)
             launcher.release()
         _loop(opts, capture, learner, launcher, allocators, out)
     finally:

@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass
 
 from bpf_progs.leak_capture import LeakProbe, alloc_cookie, free_cookie
+from bpf_progs.trap_cost import cheap_entries
 from symbolizer.elf import ElfFormatError, ElfImage
 from symbolizer.symtab import RawSymbol
 
@@ -185,14 +186,22 @@ def named_allocators(allocs: list[str], frees: list[str], target: Target) -> lis
 
 def probes_for(allocators: list[Allocator], fd: bool) -> list[LeakProbe]:
     """One probe per address (aliases collapsed), cookies indexed by position in
-    `allocators` (the label of a stack's first frame)."""
+    `allocators` (the label of a stack's first frame). An entry that starts with a flags-only
+    compare is probed at the branch after it, where the kernel emulates the trap instead of
+    single-stepping it (`trap_cost`; libc's free: ~0.8 µs instead of ~20 µs per call)."""
     seen: set[tuple[str, int]] = set()
-    probes = []
+    chosen = []
     for index, a in enumerate(allocators):
         if (a.path, a.elf_addr) not in seen:
             seen.add((a.path, a.elf_addr))
-            probes.append(LeakProbe(a.path, a.elf_addr, a.func.cookie(index, fd)))
-    return probes
+            chosen.append((index, a))
+    places: dict[tuple[str, int], int] = {}
+    for path in {a.path for _, a in chosen}:
+        addrs = [a.elf_addr for _, a in chosen if a.path == path]
+        places.update(((path, addr), place)
+                      for addr, place in zip(addrs, cheap_entries(path, addrs)))
+    return [LeakProbe(a.path, places[a.path, a.elf_addr], a.func.cookie(index, fd))
+            for index, a in chosen]
 
 
 def _symbols(path: str) -> list[RawSymbol]:

@@ -6,10 +6,13 @@ keyed by the module's ELF addresses, so one compiled table serves every process 
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from operator import itemgetter
 
 from lru import LRU
 
+from symbolizer.elf import ElfFormatError, open_image
 from symbolizer.frames import SymFrame
 from symbolizer.module import Module, ModuleSet
 from symbolizer.symbolizer import Symbolizer
@@ -53,6 +56,20 @@ class Pipeline:
                                           self.symbolizer.locator.find_executable)
             self._module_sets[snap.maps_text] = modules
         return modules
+
+    def preload(self, paths: Iterable[str]) -> None:
+        """Read the files' headers, find their debug files and load their unwind tables now,
+        for processes that will map them: the first walk then finds them ready. `ubt leak`
+        does this before the command runs, so the rules of the first cold paths reach the
+        kernel within milliseconds, not after ~30-50 ms of ELF parsing (a program allocating
+        in a tight loop from its start sends a snapshot per call until then). Unreadable files
+        are skipped: the walk reports them as it would have."""
+        for path in map(os.path.realpath, paths):  # as the kernel shows it in the maps
+            try:
+                build_id = open_image(path).build_id
+            except (ElfFormatError, OSError):
+                continue
+            self._table(Module(path, path, build_id, 0, 0, 0))
 
     def _table(self, module: Module) -> UnwindTable | None:
         key = (module.file, module.start)
