@@ -57,12 +57,18 @@ class ProbeValues:
 
 @dataclass(frozen=True, slots=True)
 class ProbePoint:
-    """Where to attach: `elf_addr` in `path`; `label` names its hits."""
+    """Where to attach: `elf_addr` in `path`; `label` names its hits.
+
+    :param shift: attach this many bytes further, on an instruction that leaves the program's
+        state as it was at `elf_addr` but traps cheaper (`trap_cost.cheap_entries`); hits are
+        reported at `elf_addr`.
+    """
 
     path: str
     elf_addr: int
     is_return: bool
     label: str
+    shift: int = 0
 
 
 class RawHit(NamedTuple):
@@ -116,6 +122,7 @@ class StackCapture:
         :param ring_pages: ring buffer size in pages (a power of two).
         :param cache_dir: where the compiled program is kept (default: the ubt cache)."""
         self.probes = probes
+        self._shifts = {i: p.shift for i, p in enumerate(probes) if p.shift}
         self.stack_cap = -(-stack_cap // _PAGE) * _PAGE
         self.from_cache = False
         self._on_hit = on_hit
@@ -144,7 +151,8 @@ class StackCapture:
         try:
             order = sorted(range(len(probes)), key=lambda i: (probes[i].path, probes[i].is_return))
             self._groups = [(path, is_return, ids,
-                             file_offsets(path, [probes[i].elf_addr for i in ids]))
+                             file_offsets(path, [probes[i].elf_addr + probes[i].shift
+                                                 for i in ids]))
                             for (path, is_return), group in
                             groupby(order, lambda i: (probes[i].path, probes[i].is_return))
                             for ids in [list(group)]]
@@ -185,6 +193,8 @@ class StackCapture:
     def _sample(self, data: memoryview) -> None:
         head = _HEAD.unpack_from(data)  # runs for every record: kept to plain operations
         regs = dict(zip(REG_NUMBERS, reg_values(head)))
+        if self._shifts and head[3] in self._shifts:
+            regs[16] -= self._shifts[head[3]]  # reported where the probe was asked for
         start = self._head_size
         end = start + min(head[4], len(data) - start)
         stack = StackBytes(regs[7], bytes(data[start:end]))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from bpf_progs.capture import ProbePoint, ProbeValues, RawHit, StackCapture
+from bpf_progs.trap_cost import cheap_entries
 from unwind.unwinder import CallerFrame, StopReason
 
 from . import var_probes
@@ -112,7 +113,7 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
             _put(records, batch.copy(), stop)
             batch.clear()
 
-    probe_points = [ProbePoint(p.path, p.elf_addr, p.is_return, p.label) for p in points]
+    probe_points = _probe_points(points, cheap=not opts.prints)
     capture = load_capture(lambda: StackCapture(probe_points, pid_filter, opts.stack_size,
                                                 on_hit, kernel_cflags, values=wanted),
                            launcher.kill if launcher else lambda: None)
@@ -135,6 +136,21 @@ def run(opts: ProcessOptions, out: TextIO = sys.stdout) -> int:
     _end_line(stats, capture, launcher)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # _trace ignored it for cleanup
     return 0
+
+
+def _probe_points(points: list[AttachPoint], cheap: bool) -> list[ProbePoint]:
+    """The capture's probes. With `cheap`, a function entry that starts with a flags-only
+    compare is attached on the branch after it, where the kernel emulates the trap instead of
+    single-stepping (`trap_cost`); its hits still show the entry address. (`--print` probes are
+    placed by var_probes, after the prologue, and keep their place.)"""
+    entries = [p for p in points if cheap and not p.offset and not p.is_return]
+    shifts: dict[AttachPoint, int] = {}
+    for path in {p.path for p in entries}:
+        mine = [p for p in entries if p.path == path]
+        places = cheap_entries(path, [p.elf_addr for p in mine])
+        shifts.update((p, place - p.elf_addr) for p, place in zip(mine, places))
+    return [ProbePoint(p.path, p.elf_addr, p.is_return, p.label, shifts.get(p, 0))
+            for p in points]
 
 
 def _start_line(points: list[AttachPoint], binary: str, opts: ProcessOptions) -> None:
