@@ -187,15 +187,17 @@ def _loop(opts: LeakOptions, capture: LeakCapture, learner: Learner, launcher: L
             if not alive:
                 if launcher is None:
                     print(f"ubt: process {learner.pid} exited", file=sys.stderr)
-                _report(opts, capture, learner, launcher, allocators, out, at_exit=True)
+                _report(opts, capture, learner, launcher, allocators, out, reports + 1,
+                        at_exit=True)
                 return
             if next_at is not None and time.monotonic() >= next_at:
-                _report(opts, capture, learner, launcher, allocators, out, at_exit=False)
                 reports += 1
+                _report(opts, capture, learner, launcher, allocators, out, reports,
+                        at_exit=False)
                 if opts.count is not None and reports >= opts.count:
                     return
                 next_at += opts.interval or 0
-        _report(opts, capture, learner, launcher, allocators, out, at_exit=False)
+        _report(opts, capture, learner, launcher, allocators, out, reports + 1, at_exit=False)
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -212,7 +214,8 @@ def _alive(pid: int) -> bool:
 
 def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
             launcher: Launcher | None, allocators: list[Allocator], out: TextIO,
-            at_exit: bool) -> None:
+            number: int, at_exit: bool) -> None:
+    """Print report `number` (counted from 1) of what is outstanding now."""
     sent = capture.last_seq()   # every snapshot sent so far, unwound before the map is read
     while learner.last_seq < sent and capture.poll(0):
         pass
@@ -228,7 +231,10 @@ def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
     learner.prune(live.stack_ids)
     frames = _Frames(learner, capture, allocators)
     if opts.fmt == "json":
-        out.write(leak_report.render_json(totals, opts.top, frames))
+        head = {"time": round(time.time(), 3), "at_exit": at_exit,
+                "older_ms": older // 1_000_000, "sample_rate": opts.sample_rate,
+                **{key: n for key, n, _, _ in _counts(capture, learner)}}
+        out.write(leak_report.render_json(totals, opts.top, frames, number, head))
     else:
         when = "at exit" if at_exit else time.strftime("%H:%M:%S")
         age = f" older than {opts.older_ms} ms" if older else ""
@@ -277,21 +283,31 @@ class _Frames:
                      None, None, None, None, False, "initial")
 
 
+def _counts(capture: LeakCapture, learner: Learner) -> list[tuple[str, int, str, bool]]:
+    """Everything walked, lost or cut so far: (JSON key, number, words, always shown on the
+    end line: else only when not 0). The end line and every JSON report header show them."""
+    c = capture.counters()
+    return [
+        ("walked_in_kernel", c["warm"], "stacks walked in the kernel", True),
+        ("unwound_here", learner.snapshots, "snapshots unwound here", True),
+        ("lost_snapshots", c["lost"], "lost snapshots", True),
+        ("allocs_not_tracked", c["allocs_full"], "allocations not tracked (map full)", True),
+        ("stacks_not_kept", c["stacks_full"], "stacks not kept (map full)", True),
+        ("rules_not_kept", c["rules_full"], "unwind rules not kept (map full)", True),
+        ("truncated_stacks", learner.truncated, "truncated stacks", True),
+        ("cut_at_64_frames", c["deep"], "stacks cut at 64 frames", True),
+        ("incomplete_stacks", learner.incomplete, "stopped before the outermost frame", False),
+        ("nested_calls", c["nested"], "allocator calls inside another one (not tracked)",
+         False),
+        ("regions_lost", c["regions_lost"], "mmap/munmap/mremap calls lost (ring buffer "
+                                            "full): mapped bytes may be wrong", False),
+        ("ranges_cut", c["range_cut"], "close_range calls over more than 4096 tracked fds "
+                                       "(the rest still counted open)", False),
+        ("dropped_no_maps", learner.no_maps, "dropped: process gone before its maps were read",
+         False)]
+
+
 def _end_line(capture: LeakCapture, learner: Learner) -> None:
     """Counts on stderr: what was walked where, and everything lost or cut, never hidden."""
-    c = capture.counters()
-    always = [(c["warm"], "stacks walked in the kernel"),
-              (learner.snapshots, "snapshots unwound here"), (c["lost"], "lost snapshots"),
-              (c["allocs_full"], "allocations not tracked (map full)"),
-              (c["stacks_full"], "stacks not kept (map full)"),
-              (c["rules_full"], "unwind rules not kept (map full)"),
-              (learner.truncated, "truncated stacks"), (c["deep"], "stacks cut at 64 frames")]
-    if_any = [(learner.incomplete, "stopped before the outermost frame"),
-              (c["nested"], "allocator calls inside another one (not tracked)"),
-              (c["regions_lost"], "mmap/munmap/mremap calls lost (ring buffer full): mapped "
-                                  "bytes may be wrong"),
-              (c["range_cut"], "close_range calls over more than 4096 tracked fds (the rest "
-                               "still counted open)"),
-              (learner.no_maps, "dropped: process gone before its maps were read")]
-    shown = always + [(n, what) for n, what in if_any if n]
-    print("ubt: " + ", ".join(f"{n} {what}" for n, what in shown), file=sys.stderr)
+    shown = [f"{n} {what}" for _, n, what, always in _counts(capture, learner) if always or n]
+    print("ubt: " + ", ".join(shown), file=sys.stderr)

@@ -4,8 +4,8 @@
 bytes, count, oldest. An allocation made on a cold path carries a pending id until its snapshot
 is unwound; those resolve through the learner's table, and the ones whose stack is not known
 are totalled apart by why (`UNKNOWN`: snapshot lost, dropped, or not read yet), never dropped. `render_text` and
-`render_json` print the top N (JSON: one object per stack, `{"stack", "bytes", "count",
-"oldest_ms"}`).
+`render_json` print the top N (JSON: a header line per report, then one object per stack,
+`{"report", "stack", "bytes", "count", "oldest_ms"}`).
 """
 from __future__ import annotations
 
@@ -107,17 +107,25 @@ def render_text(totals: list[StackTotal], top: int, frames: Frames, title: str,
     return "\n".join(lines) + "\n"
 
 
-def render_json(totals: list[StackTotal], top: int, frames: Frames) -> str:
-    """One JSON object per stack, top ones only; a stack that is not known has
-    `"stack": null` and `"unknown"`: why."""
-    docs = []
-    for t in totals[:top]:
-        doc: dict[str, object] = {"stack": None}
+def render_json(totals: list[StackTotal], top: int, frames: Frames, report: int,
+                head: Mapping[str, object]) -> str:
+    """Report number `report` as JSON lines: a header object, then one object per stack, top
+    ones only.
+
+    The header is `{"report": N, "stacks": K, "shown": M, **head}` (`head`: the report's time,
+    settings and counts so far); every stack object carries the same `"report": N`, so a
+    line-oriented reader can tell reports apart (and see an empty one) without keeping state.
+    A stack that is not known has `"stack": null` and `"unknown"`: why."""
+    shown = totals[:top]
+    docs: list[dict[str, object]] = [{"report": report, "stacks": len(totals),
+                                      "shown": len(shown), **head}]
+    for t in shown:
+        doc: dict[str, object] = {"report": report, "stack": None}
         trace = None if t.stack_id in UNKNOWN else frames(t.stack_id)
         if trace is not None:
             doc["stack"] = [frame_json(f) for f in trace.frames]
         else:
             doc["unknown"] = UNKNOWN.get(t.stack_id, _NOT_KEPT)
         doc.update(bytes=t.bytes, count=t.allocations, oldest_ms=t.oldest_ns // 1_000_000)
-        docs.append(json.dumps(doc))
-    return "".join(d + "\n" for d in docs)
+        docs.append(doc)
+    return "".join(json.dumps(d) + "\n" for d in docs)

@@ -13,9 +13,28 @@ from tests.integration.test_bad_input import assert_clean_failure, free_pid
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("needs_root")]
 
 
-def stacks(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+def json_reports(proc: subprocess.CompletedProcess[str]
+                 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Every report of `--format json` output: (its header, its stack objects), each stack
+    object checked to carry its header's report number, as many as the header says it shows."""
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines()]
+    reports: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    for line in proc.stdout.splitlines():
+        doc = json.loads(line)
+        if "stack" in doc:
+            assert reports and doc["report"] == reports[-1][0]["report"], line
+            reports[-1][1].append(doc)
+        else:
+            reports.append((doc, []))
+    for head, found in reports:
+        assert head["shown"] == len(found) <= head["stacks"], head
+    return reports
+
+
+def stacks(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    """The stack objects of the output's only report."""
+    ((_, found),) = json_reports(proc)
+    return found
 
 
 def callers(found: list[dict[str, Any]]) -> dict[tuple[str, str], int]:

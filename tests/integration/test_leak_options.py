@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from tests.integration.test_leak_cli import stacks
+from tests.integration.test_leak_cli import json_reports, stacks
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("needs_root")]
 
@@ -164,3 +164,38 @@ def test_interval_until_exit(ubt: Any, fixture_build: Any) -> None:
         (320, 20, ["malloc", "drip_leak", "main"])]
     assert [n for r in reports[:-1] for _, n, _ in r.entries] == sorted(
         n for r in reports[:-1] for _, n, _ in r.entries)
+
+
+#: The counts every JSON report header carries (those of the end line, so far).
+COUNT_KEYS = ("walked_in_kernel", "unwound_here", "lost_snapshots", "allocs_not_tracked",
+              "stacks_not_kept", "rules_not_kept", "truncated_stacks", "cut_at_64_frames",
+              "incomplete_stacks", "nested_calls", "regions_lost", "ranges_cut",
+              "dropped_no_maps")
+
+
+def test_json_interval_reports_are_delimited(ubt: Any, fixture_build: Any) -> None:
+    """`--older 5000 0.25` on `leaky drip 20` (1 s): every timed report is a header alone (no
+    block is 5 s old), numbered from 1; the at-exit report is a header and the drip stack
+    with all 20 blocks, its objects carrying its number."""
+    program = fixture_build.program_path("leaky", "O2-nofp")
+    proc = ubt.run("leak", "-c", f"{program} drip 20 >/dev/null", "--older", "5000",
+                   "--format", "json", "0.25")
+    reports = json_reports(proc)
+    heads = [head for head, _ in reports]
+    n = len(heads)
+    assert n >= 4, proc.stdout
+    assert [list(head) for head in heads] == [["report", "stacks", "shown", "time", "at_exit",
+                                               "older_ms", "sample_rate", *COUNT_KEYS]] * n
+    assert [(h["report"], h["stacks"], h["shown"], h["at_exit"], h["older_ms"],
+             h["sample_rate"]) for h in heads] == [
+        *((i, 0, 0, False, 5000, 1) for i in range(1, n)), (n, 1, 1, True, 0, 1)]
+    assert all(found == [] for _, found in reports[:-1])
+    assert all(h["lost_snapshots"] == h["truncated_stacks"] == 0 for h in heads)
+    times = [h["time"] for h in heads]
+    assert times == sorted(times) and times[-1] - times[0] < 30
+    (last,) = reports[-1][1]
+    assert list(last) == ["report", "stack", "bytes", "count", "oldest_ms"]
+    assert (last["report"], last["bytes"], last["count"]) == (n, 320, 20)
+    assert [f["function"] for f in last["stack"]] == [
+        "malloc", "drip_leak", "main", "__libc_start_call_main", "__libc_start_main_impl",
+        "_start"]

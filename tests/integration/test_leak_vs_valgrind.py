@@ -11,13 +11,13 @@ stacks (same ids: same pcs) as the user-space walks of the first round.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from typing import Any
 
 import pytest
 
+from tests.integration.test_leak_cli import stacks as report_stacks
 from tests.oracle import valgrind_leaks as vg
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("needs_root")]
@@ -39,8 +39,7 @@ EXPECTED = {
 def leak_json(ubt: Any, command: str) -> tuple[list[dict[str, Any]], str]:
     """`ubt leak -c COMMAND --format json`: the stack objects, and stderr."""
     proc = ubt.run("leak", "-c", command, "--format", "json", "--top", "100")
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+    return report_stacks(proc), proc.stderr
 
 
 def by_function(stacks: list[tuple[list[dict[str, Any]], int, int]],

@@ -83,9 +83,24 @@ def test_a_stack_not_kept_is_reported_as_such() -> None:
     text = leak_report.render_text(totals, 10, lambda sid: None, "t")
     assert "100 bytes in 2 allocations" in text
     assert "stack not kept: the stacks map was full" in text
-    doc = json.loads(leak_report.render_json(totals, 10, lambda sid: None))
-    assert doc == {"stack": None, "unknown": "not kept: the stacks map was full", "bytes": 100,
-                   "count": 2, "oldest_ms": 0}
+    _, doc = map(json.loads, leak_report.render_json(totals, 10, lambda sid: None, 1,
+                                                     {}).splitlines())
+    assert doc == {"report": 1, "stack": None, "unknown": "not kept: the stacks map was full",
+                   "bytes": 100, "count": 2, "oldest_ms": 0}
+
+
+def test_json_report_is_a_header_then_its_stacks() -> None:
+    """An empty report is its header alone; the header says how many stacks there were and how
+    many follow, and each of those carries the report's number."""
+    head = {"time": 1.5, "at_exit": False}
+    assert leak_report.render_json([], 10, lambda sid: None, 3, head) == \
+        '{"report": 3, "stacks": 0, "shown": 0, "time": 1.5, "at_exit": false}\n'
+    trace = StackTrace((), StopReason.END_OF_STACK)
+    totals = [StackTotal(7, 100, 2, 5_000_000), StackTotal(9, 50, 1, 0)]
+    text = leak_report.render_json(totals, 1, lambda sid: trace, 4, head)
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {"report": 4, "stacks": 2, "shown": 1, "time": 1.5, "at_exit": False},
+        {"report": 4, "stack": [], "bytes": 100, "count": 2, "oldest_ms": 5}]
 
 
 def test_learner_forgets_snapshots_no_live_allocation_uses() -> None:
