@@ -15,7 +15,13 @@
 //   gets a pending id (PENDING | sequence number): user space unwinds that snapshot with the
 //   DWARF unwinder, resolves the pending id, and writes the rules of every frame it walked;
 // - free entry: the address is dropped from `allocs`;
-// - mmap, munmap, mremap: sent to user space as region events (see `struct region_event`).
+// - mmap, munmap, mremap: sent to user space as region events (see `struct region_event`);
+// - ld.so's _dl_debug_state (the debugger's hook, called before and after every change of the
+//   loaded objects) and ld.so's entry point (the first instruction after an exec): the map
+//   generation `gens[0]` goes up by the step in the cookie's index bits (1 for the hook; 3 for
+//   an exec, which replaces all code at once: as much as a dlclose and a dlopen, see
+//   ubt/leak_stacks.py). Snapshots and stacks carry it: user space names a stack with the
+//   memory map of its generation.
 // The hash (FNV-1a over the allocator index and the pcs) is computed the same way in Python
 // (ubt/leak_rules.py), so a stack walked in user space and in the kernel gets the same id.
 
@@ -44,6 +50,7 @@
 #define C_MREMAP (1ULL << 25)
 #define C_FCNTL (1ULL << 26)    // fd mode: fcntl(fd, cmd, ...), an allocator for F_DUPFD(_CLOEXEC)
 #define C_RANGE (1ULL << 27)    // fd mode: close_range(first, last, flags), a free
+#define C_MAPS (1ULL << 28)     // a new map generation, `cookie & 0xff` steps on
 #define F_DUPFD 0
 #define F_DUPFD_CLOEXEC 1030
 #define CLOSE_RANGE_CLOEXEC 4   // marks the fds close-on-exec: closes none
@@ -92,7 +99,7 @@ struct alloc_info { u64 size; u64 time_ns; u64 stack_id; };
 struct inflight { u64 size; u64 old; u64 out; u64 sp; u32 depth; u32 had_old;
                   struct alloc_info old_info; };
 struct rule { s32 cfa_off; s16 rbp_off; u8 flags; u8 pad; };
-struct stack { u32 alloc; u16 depth; u16 flags; u64 pcs[MAX_FRAMES]; };
+struct stack { u32 alloc; u16 depth; u16 flags; u32 gen; u32 pad; u64 pcs[MAX_FRAMES]; };
 struct snap_head {
     u64 time_ns;
     u64 seq;
@@ -101,7 +108,7 @@ struct snap_head {
     u32 alloc;
     u32 stack_len;
     u32 flags;
-    u32 pad;
+    u32 gen;            // the map generation the stack is in
     struct pt_regs regs;
 };
 struct snap { struct snap_head head; u8 stack[SNAP_STACK + PAGE]; /* spare page: loop bound */ };
@@ -117,6 +124,7 @@ BPF_PERCPU_ARRAY(snap_buf, struct snap, 1);
 BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
 BPF_ARRAY(config, u64, 3);         // min size, max size, sample every N
 BPF_ARRAY(seqs, u64, 1);
+BPF_ARRAY(gens, u64, 1);           // the map generation (see _dl_debug_state above)
 BPF_ARRAY(fd_max, u64, 1);         // the highest fd tracked (bounds close_range's loop)
 
 static __always_inline void count(int which)
@@ -153,6 +161,22 @@ static __always_inline u64 get_config(int which)
 {
     u64 *v = config.lookup(&which);
     return v ? *v : 0;
+}
+
+static __always_inline u32 generation(void)
+{
+    int zero = 0;
+    u64 *g = gens.lookup(&zero);
+    return g ? (u32)*g : 0;
+}
+
+static __always_inline int on_maps_change(u64 cookie)
+{
+    int zero = 0;
+    u64 *g = gens.lookup(&zero);
+    if (g)
+        __sync_fetch_and_add(g, cookie & 0xff);
+    return 0;
 }
 
 static __always_inline int on_entry(struct pt_regs *ctx, u64 cookie)
@@ -278,7 +302,7 @@ static __always_inline int walk(struct pt_regs *ctx, struct stack *s, u64 *id)
 
 // Registers and stack bytes for user space (page-aligned chunks: a failing chunk is the end
 // of the stack). Returns the pending stack id the allocation is recorded with.
-static __always_inline u64 emit_snapshot(struct pt_regs *ctx, u32 alloc)
+static __always_inline u64 emit_snapshot(struct pt_regs *ctx, u32 alloc, u32 gen)
 {
     int zero = 0;
     u64 *next = seqs.lookup(&zero);
@@ -313,7 +337,7 @@ static __always_inline u64 emit_snapshot(struct pt_regs *ctx, u32 alloc)
     s->head.alloc = alloc;
     s->head.stack_len = copied;
     s->head.flags = flags;
-    s->head.pad = 0;
+    s->head.gen = gen;
     __builtin_memcpy(&s->head.regs, ctx, sizeof(struct pt_regs));
     u64 size = sizeof(struct snap_head) + copied;
     barrier_var(size);
@@ -333,9 +357,11 @@ static __always_inline u64 stack_id(struct pt_regs *ctx, u32 alloc)
     if (!s)
         return 0;
     s->alloc = alloc;
+    s->gen = generation();
+    s->pad = 0;
     u64 id = 0;
     if (walk(ctx, s, &id) != 0)
-        return emit_snapshot(ctx, alloc);
+        return emit_snapshot(ctx, alloc, s->gen);
     count(N_WARM);
     if (!stacks.lookup(&id) && stacks.insert(&id, s) != 0 && !stacks.lookup(&id))
         count(N_STACKS_FULL);
@@ -418,6 +444,8 @@ static __always_inline int on_return(struct pt_regs *ctx, u64 cookie)
 int on_event(struct pt_regs *ctx)
 {
     u64 cookie = bpf_get_attach_cookie(ctx);
+    if (cookie & C_MAPS)
+        return on_maps_change(cookie);
     if (cookie & C_FREE)
         return on_free(ctx, cookie);
     if (cookie & C_RETURN)

@@ -1,10 +1,11 @@
 """Load `leak.c`, attach it to allocator entries and returns, and read what it keeps.
 
 The kernel side holds the state: `allocs` (address → size, time, stack id), `stacks` (id →
-allocator index and pcs), `rules` (return address → compact CFI rule). This class is the user
-side's window on it: snapshots of cold paths arrive through the ring buffer (`poll`), rules and
-stacks learnt from them are written back (`add_rules`, `add_stack`), and a report reads every
-live allocation in batches (`allocations`) and the pcs of the stacks it shows (`stack`).
+allocator index, map generation and pcs), `rules` (return address → compact CFI rule), `gens` (the map generation: ld.so's `_dl_debug_state` and entry
+point, probed with `maps_cookie`, move it on). This class is the user side's window on it: snapshots of
+cold paths arrive through the ring buffer (`poll`), rules and stacks learnt from them are
+written back (`add_rules`, `add_stack`), and a report reads every live allocation in batches
+(`allocations`) and the pcs of the stacks it shows (`stack`).
 
 A probe's cookie tells the one program what the probe is (see the COOKIE layout in leak.c):
 `alloc_cookie` and `free_cookie` build it.
@@ -46,6 +47,7 @@ _REGION = 1 << 24
 _MREMAP = 1 << 25
 _FCNTL = 1 << 26
 _RANGE = 1 << 27
+_MAPS = 1 << 28
 _NO_ARG = 7
 #: Stack flag: the kernel walk stopped at MAX_FRAMES.
 STACK_DEEP = 1
@@ -55,10 +57,12 @@ COUNTERS = ("snapshots", "lost", "allocs_full", "stacks_full", "deep", "warm", "
             "regions_lost", "range_cut")
 # struct region_event: time_ns, seq (0), pid, tid, kind, pad, addr, len, arg, stack_id
 _REGION_EV = struct.Struct("<QQIII4xQQQQ")
-# struct snap_head: time_ns, seq, pid, tid, alloc, stack_len, flags, pad, struct pt_regs
+# struct snap_head: time_ns, seq, pid, tid, alloc, stack_len, flags, gen, struct pt_regs; gen
+# is read apart (`_GEN`), so that the registers are field 7 of the unpacked head (`reg_values`)
 _HEAD = struct.Struct(f"<QQIIIII4x{len(PT_REGS)}Q")
+_GEN = struct.Struct("<QQIIIII")
 _RULE = struct.Struct("<ihBx")
-_STACK_HEAD = struct.Struct("<IHH")
+_STACK_HEAD = struct.Struct("<IHHI4x")
 #: map_update's errors when a hash map has no room (E2BIG: full; ENOMEM: no memory for a
 #: BPF_F_NO_PREALLOC element).
 _FULL = (errno.E2BIG, errno.ENOMEM)
@@ -92,6 +96,12 @@ def free_cookie(addr: int, *, fd: bool = False, region: bool = False,
             | (_RANGE if fd_range else 0))
 
 
+def maps_cookie(step: int) -> int:
+    """The cookie of a function whose every call moves the map generation `step` on (ld.so's
+    `_dl_debug_state`: 1; its entry point, after an exec: 3)."""
+    return _MAPS | step
+
+
 @dataclass(frozen=True, slots=True)
 class LeakProbe:
     """Where to attach: `elf_addr` in `path`; allocators get a return probe too."""
@@ -101,12 +111,14 @@ class LeakProbe:
     cookie: int
 
     @property
-    def is_free(self) -> bool:
-        return bool(self.cookie & _FREE)
+    def has_return(self) -> bool:
+        """An allocator: its return is probed too (not a free, nor the map generation's)."""
+        return not self.cookie & (_FREE | _MAPS)
 
 
 class LeakSnapshot(NamedTuple):
-    """Registers (at the allocator's return: the caller's) and stack bytes of one cold path."""
+    """Registers (at the allocator's return: the caller's) and stack bytes of one cold path,
+    in map generation `gen`."""
 
     seq: int
     pid: int
@@ -116,6 +128,7 @@ class LeakSnapshot(NamedTuple):
     regs: dict[int, int]
     stack: StackBytes
     truncated: bool
+    gen: int
 
 
 class RegionEvent(NamedTuple):
@@ -189,7 +202,7 @@ class LeakCapture:
             mine = list(group)
             groups.append((path, mine, file_offsets(path, [p.elf_addr for p in mine])))
         for path, mine, offsets in groups:
-            allocs = [(o, p) for o, p in zip(offsets, mine) if not p.is_free]
+            allocs = [(o, p) for o, p in zip(offsets, mine) if p.has_return]
             if allocs:
                 self._links.append(UprobeMultiLink(
                     self._prog.prog_fd, path, [o for o, _ in allocs],
@@ -209,7 +222,8 @@ class LeakCapture:
         end = _HEAD.size + min(head[5], len(data) - _HEAD.size)
         stack = StackBytes(regs[7], bytes(data[_HEAD.size:end]))
         self._on_snapshot(LeakSnapshot(head[1], head[2], head[3], head[4], head[0], regs,
-                                       stack, bool(head[6] & 1)))
+                                       stack, bool(head[6] & 1),
+                                       int.from_bytes(data[_GEN.size:_GEN.size + 4], "little")))
 
     def poll(self, timeout_ms: int) -> int:
         """Hand every waiting snapshot to `on_snapshot`; wait up to `timeout_ms` for one."""
@@ -217,9 +231,16 @@ class LeakCapture:
 
     def last_seq(self) -> int:
         """The sequence number of the newest snapshot the kernel has sent (or lost)."""
+        return self._word("seqs")
+
+    def generation(self) -> int:
+        """The map generation now (as snapshots and stacks carry it: 32 bits)."""
+        return self._word("gens") & 0xFFFFFFFF
+
+    def _word(self, name: str) -> int:
         if self._prog is None:
             return 0
-        raw = map_lookup(self._fds["seqs"], bytes(4), 8)
+        raw = map_lookup(self._fds[name], bytes(4), 8)
         return int.from_bytes(raw or bytes(8), "little")
 
     def counters(self) -> dict[str, int]:
@@ -243,10 +264,11 @@ class LeakCapture:
                                 _RULE.pack(cfa_off, rbp_off, flags)):
                 self.rules_full += 1
 
-    def add_stack(self, stack_id: int, alloc: int, pcs: tuple[int, ...], flags: int) -> None:
+    def add_stack(self, stack_id: int, alloc: int, pcs: tuple[int, ...], flags: int,
+                  gen: int) -> None:
         """Keep a stack walked in user space, as the kernel keeps its own (counted in
         `stacks_full` when the map is full)."""
-        value = _STACK_HEAD.pack(alloc, len(pcs), flags) + struct.pack(
+        value = _STACK_HEAD.pack(alloc, len(pcs), flags, gen) + struct.pack(
             f"<{MAX_FRAMES}Q", *pcs[:MAX_FRAMES], *[0] * (MAX_FRAMES - len(pcs)))
         if not self._update("stacks", stack_id.to_bytes(8, "little"), value):
             self.stacks_full += 1
@@ -262,15 +284,16 @@ class LeakCapture:
             return False
         return True
 
-    def stack(self, stack_id: int) -> tuple[int, tuple[int, ...], int] | None:
-        """(allocator index, pcs, flags) of a kept stack, or None when there is none."""
+    def stack(self, stack_id: int) -> tuple[int, tuple[int, ...], int, int] | None:
+        """(allocator index, pcs, flags, map generation) of a kept stack, or None when there
+        is none."""
         raw = map_lookup(self._fds["stacks"], stack_id.to_bytes(8, "little"),
                          _STACK_HEAD.size + 8 * MAX_FRAMES)
         if raw is None:
             return None
-        alloc, depth, flags = _STACK_HEAD.unpack_from(raw)
+        alloc, depth, flags, gen = _STACK_HEAD.unpack_from(raw)
         pcs = struct.unpack_from(f"<{min(depth, MAX_FRAMES)}Q", raw, _STACK_HEAD.size)
-        return alloc, pcs, flags
+        return alloc, pcs, flags, gen
 
     def allocations(self) -> LiveAllocations:
         """Every tracked allocation now (batched lookups: ~65k elements per system call)."""

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from bpf_progs.leak_capture import PENDING, STACK_DEEP, LeakCapture, LeakSnapshot
-from unwind.memory import StackBytes
-from unwind.unwinder import Method, RawFrame, StopReason
+from unwind.unwinder import StopReason
 
 from . import leak_report, leak_rules
 from .leak_regions import Regions, merged
@@ -28,11 +27,12 @@ from .bcc_env import kernel_cflags, load_capture, prepare
 from .errors import UbtError
 from .launcher import Launcher
 from .leak_alloc import (FDS, MEMORY, Allocator, command_target, find_library,
-                         library_allocators, named_allocators, pid_target, probes_for)
+                         generation_probes, library_allocators, named_allocators, pid_target,
+                         probes_for)
+from .leak_stacks import GenMaps, StackBook
 from .maps_tracker import MapsTracker
 from .pipeline import Pipeline
 from .snapshot import Snapshot
-from .trace import Frame, StackTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +60,20 @@ class LeakOptions:
 class Learner:
     """Unwinds snapshots of cold paths: resolves their pending ids and teaches the kernel."""
 
-    def __init__(self, pid: int, tracker: MapsTracker, launcher: Launcher | None) -> None:
+    def __init__(self, pid: int, tracker: MapsTracker, launcher: Launcher | None,
+                 allocators: list[Allocator]) -> None:
         self.pid = pid
         self.pipeline = Pipeline()
         self.tracker = tracker
         self.launcher = launcher
         self.capture: LeakCapture | None = None
+        self.gens = GenMaps(tracker, self._generation)
+        self.stacks = StackBook(self.pipeline, self.gens, pid, self._kernel_stack, allocators)
         self.resolved: dict[int, int] = {}          # snapshot seq → stack id
         self._settled = 0   # seqs up to this were resolved before the last report
         self.last_seq = 0   # the newest snapshot read
-        self.walked: dict[int, tuple[int, tuple[int, ...], StopReason]] = {}
         self.regions = Regions()   # mmap'd ranges (their calls arrive as events)
-        self.snapshots = self.truncated = self.incomplete = self.no_maps = 0
+        self.snapshots = self.truncated = self.incomplete = self.no_maps = self.late_maps = 0
 
     def on_snapshot(self, s: LeakSnapshot) -> None:
         """Walk one snapshot (called while polling the ring buffer)."""
@@ -79,25 +81,33 @@ class Learner:
         if self.launcher is not None and not self.launcher.runs_command_at(s.pid, s.time_ns):
             return  # ubt's fork or the sh -c wrapper: not the command, nothing to learn
         self.snapshots += 1
-        maps = self.tracker.for_hit(s.pid, s.regs[16])
+        maps, late = self.gens.reading(s.pid, s.gen, s.regs[16])
         if maps is None:
             self.no_maps += 1
             self.resolved[s.seq] = leak_report.NO_MAPS_STACK
             return
         walked = leak_rules.walk(self.pipeline, self._snapshot(s, maps.text))
-        if not all(maps.covers(pc) for pc in walked.pcs):  # a dlopen since: read them again
-            fresh = self.tracker.refresh(s.pid) or self.tracker.latest(s.pid)  # or at exit
+        if not all(maps.covers(pc) for pc in walked.pcs):  # code mapped without ld.so?
+            fresh, late = self.gens.reread(s.pid, s.gen)
             if fresh is not None and fresh.text != maps.text:
-                walked = leak_rules.walk(self.pipeline, self._snapshot(s, fresh.text))
+                maps = fresh
+                walked = leak_rules.walk(self.pipeline, self._snapshot(s, maps.text))
+        self.late_maps += late
         stack_id = leak_rules.stack_hash(s.alloc, walked.pcs, walked.flags)
         self.resolved[s.seq] = stack_id
-        self.walked[stack_id] = (s.alloc, walked.pcs, walked.stop)
+        self.stacks.add_walked(stack_id, s.alloc, walked.pcs, walked.stop, maps.text)
         if walked.stop is not StopReason.END_OF_STACK and not walked.flags & STACK_DEEP:
             self.incomplete += 1
             self.truncated += s.truncated and walked.stop is StopReason.MEMORY_FAULT
         if self.capture is not None:
             self.capture.add_rules(walked.rules)
-            self.capture.add_stack(stack_id, s.alloc, walked.pcs, walked.flags)
+            self.capture.add_stack(stack_id, s.alloc, walked.pcs, walked.flags, s.gen)
+
+    def _generation(self) -> int:
+        return self.capture.generation() if self.capture is not None else 0
+
+    def _kernel_stack(self, stack_id: int) -> tuple[int, tuple[int, ...], int, int] | None:
+        return self.capture.stack(stack_id) if self.capture is not None else None
 
     def prune(self, stack_ids: Iterable[int]) -> None:
         """Forget the resolved snapshots no live allocation (`stack_ids`: all of them, read
@@ -149,8 +159,14 @@ def run(opts: LeakOptions, out: TextIO = sys.stdout) -> int:
     tracker = MapsTracker()
     launcher = Launcher(opts.command, tracker) if opts.command else None
     pid = launcher.pid if launcher else (opts.pid or 0)
-    learner = Learner(pid, tracker, launcher)
+    learner = Learner(pid, tracker, launcher, allocators)
     probes = probes_for(allocators, opts.fd)
+    generations = generation_probes(target)
+    if len(generations) < 2:
+        print(f"ubt: no dynamic loader with _dl_debug_state in {target.description}: after a "
+              "dlclose, code mapped where a library was may be walked with rules learnt for it",
+              file=sys.stderr)
+    probes += generations
     capture = load_capture(lambda: LeakCapture(probes, pid, learner.on_snapshot, kernel_cflags,
                                                opts.max_allocs, (opts.min_size, opts.max_size),
                                                opts.sample_rate,
@@ -229,7 +245,7 @@ def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
     totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort, learner.last_seq,
                                    capture.counters()["lost"] > 0)
     learner.prune(live.stack_ids)
-    frames = _Frames(learner, capture, allocators)
+    frames = learner.stacks.frames
     if opts.fmt == "json":
         head = {"time": round(time.time(), 3), "at_exit": at_exit,
                 "older_ms": older // 1_000_000, "sample_rate": opts.sample_rate,
@@ -243,44 +259,6 @@ def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
                  f"{sampled}")
         out.write(leak_report.render_text(totals, opts.top, frames, title, opts.fd))
     out.flush()
-
-
-class _Frames:
-    """Stack id → symbolized frames: the allocator's label, then its callers."""
-
-    def __init__(self, learner: Learner, capture: LeakCapture,
-                 allocators: list[Allocator]) -> None:
-        self.learner = learner
-        self.capture = capture
-        self.allocators = allocators
-        maps = learner.tracker.refresh(learner.pid) or learner.tracker.latest(learner.pid)
-        text = maps.text if maps else ""
-        snap = Snapshot(learner.pid, learner.pid, "", {}, StackBytes(0, b""), text, 0)
-        self.modules = learner.pipeline.modules(snap)
-
-    def __call__(self, stack_id: int) -> StackTrace | None:
-        kept = self.learner.walked.get(stack_id)
-        if kept is None:
-            found = self.capture.stack(stack_id)
-            if found is None:
-                return None  # walked in the kernel, not kept: the stacks map was full
-            alloc, pcs, flags = found
-            kept = (alloc, pcs, StopReason.MAX_DEPTH if flags & STACK_DEEP
-                    else StopReason.END_OF_STACK)
-        alloc, pcs, stop = kept
-        frames = [self._allocator_frame(alloc)]
-        for pc in pcs:
-            raw = RawFrame(pc, 0, None, False, Method.CFI)
-            frames.extend(self.learner.pipeline.symbolize_frame(self.modules, raw))
-        return StackTrace(tuple(frames), stop)
-
-    def _allocator_frame(self, index: int) -> Frame:
-        a = self.allocators[index]
-        module = next((m for m in self.modules.modules if m.file == a.path or m.path == a.path),
-                      None)
-        pc = a.elf_addr + module.bias if module else 0
-        return Frame(pc, a.path, module.build_id if module else None, a.elf_addr, a.label, 0,
-                     None, None, None, None, False, "initial")
 
 
 def _counts(capture: LeakCapture, learner: Learner) -> list[tuple[str, int, str, bool]]:
@@ -304,7 +282,9 @@ def _counts(capture: LeakCapture, learner: Learner) -> list[tuple[str, int, str,
         ("ranges_cut", c["range_cut"], "close_range calls over more than 4096 tracked fds "
                                        "(the rest still counted open)", False),
         ("dropped_no_maps", learner.no_maps, "dropped: process gone before its maps were read",
-         False)]
+         False),
+        ("late_maps", learner.late_maps, "unwound with a memory map read after it changed "
+                                         "(dlopen, dlclose, exec): may be wrong", False)]
 
 
 def _end_line(capture: LeakCapture, learner: Learner) -> None:

@@ -15,7 +15,7 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from bpf_progs.leak_capture import LeakProbe, alloc_cookie, free_cookie
+from bpf_progs.leak_capture import LeakProbe, alloc_cookie, free_cookie, maps_cookie
 from bpf_progs.trap_cost import cheap_entries
 from symbolizer.elf import ElfFormatError, ElfImage
 from symbolizer.symtab import RawSymbol
@@ -202,6 +202,26 @@ def probes_for(allocators: list[Allocator], fd: bool) -> list[LeakProbe]:
                       for addr, place in zip(addrs, cheap_entries(path, addrs)))
     return [LeakProbe(a.path, places[a.path, a.elf_addr], a.func.cookie(index, fd))
             for index, a in chosen]
+
+
+def generation_probes(target: Target) -> list[LeakProbe]:
+    """The probes that move the map generation on (see leak.c): the dynamic loader's
+    `_dl_debug_state`, the hook debuggers break on, called before and after every dlopen and
+    dlclose changes what is mapped (1 step); and its entry point, the first instruction of a
+    program after an exec (3 steps: all code replaced). Empty without a loader."""
+    loader = next((f for f in target.files if os.path.basename(f).startswith("ld-linux")), None)
+    if loader is None:
+        return []
+    try:
+        with open(loader, "rb") as f:
+            entry = int.from_bytes(f.read(32)[24:32], "little")   # ELF64 e_entry
+    except OSError as e:
+        raise UbtError(f"{loader}: {e.strerror}") from None
+    probes = [LeakProbe(loader, entry, maps_cookie(3))]
+    found = symbols_matching(loader, "_dl_debug_state")
+    if found:
+        probes.append(LeakProbe(loader, found[0].addr, maps_cookie(1)))
+    return probes
 
 
 def _symbols(path: str) -> list[RawSymbol]:

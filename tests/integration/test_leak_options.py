@@ -170,7 +170,7 @@ def test_interval_until_exit(ubt: Any, fixture_build: Any) -> None:
 COUNT_KEYS = ("walked_in_kernel", "unwound_here", "lost_snapshots", "allocs_not_tracked",
               "stacks_not_kept", "rules_not_kept", "truncated_stacks", "cut_at_64_frames",
               "incomplete_stacks", "nested_calls", "regions_lost", "ranges_cut",
-              "dropped_no_maps")
+              "dropped_no_maps", "late_maps")
 
 
 def test_json_interval_reports_are_delimited(ubt: Any, fixture_build: Any) -> None:

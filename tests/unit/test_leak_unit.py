@@ -1,12 +1,14 @@
 """`ubt leak`'s user side without BPF: probe attach order, the end line's counters, full
-maps, the report's unknown stacks."""
+maps, the report's unknown stacks, map generations."""
 from __future__ import annotations
 
 import errno
 import io
 import json
+import os
 from array import array
 from contextlib import redirect_stderr
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +19,8 @@ from bpf_progs.bpfsys import BpfError
 from bpf_progs.leak_capture import (COUNTERS, PENDING, LeakCapture, LeakProbe,
                                     LiveAllocations, alloc_cookie, free_cookie)
 from ubt import leak, leak_report
+from ubt.leak_stacks import GenMaps
+from ubt.maps_tracker import MapsTracker
 from ubt.leak_report import StackTotal
 from ubt.trace import StackTrace
 from unwind.unwinder import StopReason
@@ -49,7 +53,7 @@ def _end_line(counters: dict[str, int], **learnt: int) -> str:
     capture: Any = SimpleNamespace(counters=lambda: {
         **dict.fromkeys((*COUNTERS, "rules_full"), 0), **counters})
     learner: Any = SimpleNamespace(**{**dict(snapshots=0, truncated=0, incomplete=0,
-                                             no_maps=0), **learnt})
+                                             no_maps=0, late_maps=0), **learnt})
     err = io.StringIO()
     with redirect_stderr(err):
         leak._end_line(capture, learner)
@@ -71,7 +75,7 @@ def test_full_rules_and_stacks_maps_are_counted_not_raised(
     cap._fds = {"rules": 1, "stacks": 2}
     cap.rules_full = cap.stacks_full = 0
     cap.add_rules([(0x1000, 16, 0, 0), (0x2000, 8, 0, 0)])
-    cap.add_stack(5, 0, (0x1000, 0x2000), 0)
+    cap.add_stack(5, 0, (0x1000, 0x2000), 0, 0)
     assert (cap.rules_full, cap.stacks_full) == (2, 1)
     line = _end_line({"stacks_full": 3, "rules_full": 2})
     assert "3 stacks not kept (map full)" in line
@@ -133,3 +137,20 @@ def test_unknown_stacks_are_told_apart_by_cause() -> None:
     assert "stack unknown: its snapshot was lost (ring buffer full)" in text
     assert "stack unknown: its snapshot was not read yet" in text
     assert "stack unknown: its snapshot was dropped (the process was gone" in text
+
+
+def test_maps_read_three_steps_after_a_snapshot_are_late() -> None:
+    """A reading is kept for the snapshot's generation up to 2 steps later (a dlopen or a
+    dlclose completing); 3 steps (a dlclose and a dlopen started, an exec) make it late."""
+    now = [5]
+    gens = GenMaps(MapsTracker(), lambda: now[0])
+    pid = os.getpid()
+    pc = int(Path(f"/proc/{pid}/maps").read_text().split("-", 1)[0], 16)  # mapped, maybe not code
+    version, late = gens.reread(pid, 5)
+    assert version is not None and not late and gens.text(5) == version.text
+    now[0] = 7
+    assert gens.reread(pid, 5)[1] is False and gens.reading(pid, 6, pc)[1] is False
+    assert gens.text(6) is not None
+    now[0] = 8
+    assert gens.reread(pid, 5)[1] is True and gens.reading(pid, 4, pc) == (version, True)
+    assert gens.text(4) is None and gens.text(5) == version.text
