@@ -20,10 +20,13 @@
 //   loaded objects) and ld.so's entry point (the first instruction after an exec): the map
 //   generation `gens[0]` goes up by the step in the cookie's index bits (1 for the hook; 3 for
 //   an exec, which replaces all code at once: as much as a dlclose and a dlopen, see
-//   ubt/leak_stacks.py). Snapshots and stacks carry it: user space names a stack with the
-//   memory map of its generation.
-// The hash (FNV-1a over the allocator index and the pcs) is computed the same way in Python
-// (ubt/leak_rules.py), so a stack walked in user space and in the kernel gets the same id.
+//   ubt/leak_stacks.py). Rules are keyed by absolute return address, and another object mapped
+//   where one was unmapped (dlclose, then dlopen; an exec) puts other code at the same
+//   addresses: a rule is used only in the generation it was learnt in (user space unwound a
+//   snapshot of that generation), so the first walks of a new generation send snapshots again.
+// The hash (FNV-1a over the allocator index, the generation and the pcs) is computed the same
+// way in Python (ubt/leak_rules.py), so a stack walked in user space and in the kernel gets the
+// same id, and the same addresses in two generations (maybe other code) get two ids.
 
 #include <uapi/linux/ptrace.h>
 
@@ -98,7 +101,7 @@ struct alloc_info { u64 size; u64 time_ns; u64 stack_id; };
 // before this call returns), is `old_info`, put back if the call fails.
 struct inflight { u64 size; u64 old; u64 out; u64 sp; u32 depth; u32 had_old;
                   struct alloc_info old_info; };
-struct rule { s32 cfa_off; s16 rbp_off; u8 flags; u8 pad; };
+struct rule { s32 cfa_off; s16 rbp_off; u8 flags; u8 pad; u32 gen; };
 struct stack { u32 alloc; u16 depth; u16 flags; u32 gen; u32 pad; u64 pcs[MAX_FRAMES]; };
 struct snap_head {
     u64 time_ns;
@@ -258,12 +261,13 @@ static __always_inline int on_free(struct pt_regs *ctx, u64 cookie)
     return 0;
 }
 
-// Walk from the caller's registers with the learnt rules. Returns 0 when every frame had a
-// rule (s->depth pcs, *id their hash), 1 when user space must unwind a snapshot.
+// Walk from the caller's registers with the rules learnt in this map generation. Returns 0
+// when every frame had one (s->depth pcs, *id their hash), 1 when user space must unwind a
+// snapshot.
 static __always_inline int walk(struct pt_regs *ctx, struct stack *s, u64 *id)
 {
     u64 pc = ctx->ip, sp = ctx->sp, rbp = ctx->bp;
-    u64 h = FNV_OFFSET ^ s->alloc;
+    u64 h = ((FNV_OFFSET ^ s->alloc) ^ s->gen) * FNV_PRIME;
     int done = 0;
     s->depth = 0;
     s->flags = 0;
@@ -273,7 +277,7 @@ static __always_inline int walk(struct pt_regs *ctx, struct stack *s, u64 *id)
         s->depth = i + 1;
         h = (h ^ pc) * FNV_PRIME;
         struct rule *r = rules.lookup(&pc);
-        if (!r || (r->flags & R_UNREP))
+        if (!r || r->gen != s->gen || (r->flags & R_UNREP))
             return 1;
         if (r->flags & R_END) {
             done = 1;

@@ -1,7 +1,8 @@
 """Load `leak.c`, attach it to allocator entries and returns, and read what it keeps.
 
 The kernel side holds the state: `allocs` (address → size, time, stack id), `stacks` (id →
-allocator index, map generation and pcs), `rules` (return address → compact CFI rule), `gens` (the map generation: ld.so's `_dl_debug_state` and entry
+allocator index, map generation and pcs), `rules` (return address → compact CFI rule and the
+map generation it holds in), `gens` (the map generation: ld.so's `_dl_debug_state` and entry
 point, probed with `maps_cookie`, move it on). This class is the user side's window on it: snapshots of
 cold paths arrive through the ring buffer (`poll`), rules and stacks learnt from them are
 written back (`add_rules`, `add_stack`), and a report reads every live allocation in batches
@@ -61,7 +62,7 @@ _REGION_EV = struct.Struct("<QQIII4xQQQQ")
 # is read apart (`_GEN`), so that the registers are field 7 of the unpacked head (`reg_values`)
 _HEAD = struct.Struct(f"<QQIIIII4x{len(PT_REGS)}Q")
 _GEN = struct.Struct("<QQIIIII")
-_RULE = struct.Struct("<ihBx")
+_RULE = struct.Struct("<ihBxI")
 _STACK_HEAD = struct.Struct("<IHHI4x")
 #: map_update's errors when a hash map has no room (E2BIG: full; ENOMEM: no memory for a
 #: BPF_F_NO_PREALLOC element).
@@ -255,13 +256,13 @@ class LeakCapture:
         out["rules_full"] = self.rules_full
         return out
 
-    def add_rules(self, rules: Iterable[tuple[int, int, int, int]]) -> None:
-        """Teach the kernel walk: (return address, CFA offset, saved-rbp offset, flags); a
-        rule the full map cannot take is counted (`rules_full`): its paths keep sending
-        snapshots."""
+    def add_rules(self, rules: Iterable[tuple[int, int, int, int]], gen: int) -> None:
+        """Teach the kernel walk of map generation `gen`: (return address, CFA offset,
+        saved-rbp offset, flags); a rule the full map cannot take is counted (`rules_full`):
+        its paths keep sending snapshots."""
         for pc, cfa_off, rbp_off, flags in rules:
             if not self._update("rules", pc.to_bytes(8, "little"),
-                                _RULE.pack(cfa_off, rbp_off, flags)):
+                                _RULE.pack(cfa_off, rbp_off, flags, gen)):
                 self.rules_full += 1
 
     def add_stack(self, stack_id: int, alloc: int, pcs: tuple[int, ...], flags: int,

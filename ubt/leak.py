@@ -93,14 +93,14 @@ class Learner:
                 maps = fresh
                 walked = leak_rules.walk(self.pipeline, self._snapshot(s, maps.text))
         self.late_maps += late
-        stack_id = leak_rules.stack_hash(s.alloc, walked.pcs, walked.flags)
+        stack_id = leak_rules.stack_hash(s.alloc, walked.pcs, walked.flags, s.gen)
         self.resolved[s.seq] = stack_id
         self.stacks.add_walked(stack_id, s.alloc, walked.pcs, walked.stop, maps.text)
         if walked.stop is not StopReason.END_OF_STACK and not walked.flags & STACK_DEEP:
             self.incomplete += 1
             self.truncated += s.truncated and walked.stop is StopReason.MEMORY_FAULT
         if self.capture is not None:
-            self.capture.add_rules(walked.rules)
+            self.capture.add_rules(walked.rules, s.gen)
             self.capture.add_stack(stack_id, s.alloc, walked.pcs, walked.flags, s.gen)
 
     def _generation(self) -> int:
@@ -244,6 +244,7 @@ def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
     sel = leak_report.Selection(time.monotonic_ns(), older, since)
     totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort, learner.last_seq,
                                    capture.counters()["lost"] > 0)
+    totals = leak_report.combine(totals, learner.stacks.identity, opts.sort)
     learner.prune(live.stack_ids)
     frames = learner.stacks.frames
     if opts.fmt == "json":

@@ -3,14 +3,15 @@
 `aggregate` turns the kernel's allocation map (columns of a batch read) into totals per stack:
 bytes, count, oldest. An allocation made on a cold path carries a pending id until its snapshot
 is unwound; those resolve through the learner's table, and the ones whose stack is not known
-are totalled apart by why (`UNKNOWN`: snapshot lost, dropped, or not read yet), never dropped. `render_text` and
+are totalled apart by why (`UNKNOWN`: snapshot lost, dropped, or not read yet), never dropped.
+`combine` adds up the ids of one stack in several map generations. `render_text` and
 `render_json` print the top N (JSON: a header line per report, then one object per stack,
 `{"report", "stack", "bytes", "count", "oldest_ms"}`).
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import NamedTuple
 
 from bpf_progs.leak_capture import PENDING, LiveAllocations
@@ -75,9 +76,28 @@ def aggregate(live: LiveAllocations, resolved: Mapping[int, int], sel: Selection
             if time_ns < t[2]:
                 t[2] = time_ns
     out = [StackTotal(sid, b, c, sel.now_ns - oldest) for sid, (b, c, oldest) in totals.items()]
+    return _sorted(out, sort)
+
+
+def combine(totals: list[StackTotal], identity: Callable[[int], Hashable],
+            sort: str = "bytes") -> list[StackTotal]:
+    """Totals of stack ids with one `identity` (one stack in several map generations) added
+    up, under the id of the largest; sorted as `aggregate` sorts."""
+    groups: dict[Hashable, StackTotal] = {}
+    for t in totals:
+        key = identity(t.stack_id)
+        first = groups.get(key)
+        groups[key] = t if first is None else StackTotal(
+            first.stack_id, first.bytes + t.bytes, first.allocations + t.allocations,
+            max(first.oldest_ns, t.oldest_ns))
+    return _sorted(list(groups.values()), sort)
+
+
+def _sorted(totals: list[StackTotal], sort: str) -> list[StackTotal]:
+    """Largest first, by bytes (then count), or by count (then bytes)."""
     key = (lambda t: (t.allocations, t.bytes)) if sort == "count" \
         else (lambda t: (t.bytes, t.allocations))
-    return sorted(out, key=key, reverse=True)
+    return sorted(totals, key=key, reverse=True)
 
 
 #: Stack id → its frames; None: the kernel walked it but the full stacks map did not keep it.

@@ -8,7 +8,9 @@ unwinds it with the DWARF unwinder (`unwind/`) and reads back, for every frame i
 through, the CFI row it used, converted by `compact_rule` when it is exactly representable
 (else marked so: the kernel keeps sending snapshots there rather than walk differently).
 Rows come from the same tables the unwinder uses, so both walks give the same pcs, and
-`stack_hash` (FNV-1a, as in leak.c) gives them the same stack id.
+`stack_hash` (FNV-1a, as in leak.c) gives them the same stack id. Rules and stack ids belong to
+the map generation of the snapshot (see leak.c): the same address may hold other code in the
+next one.
 """
 from __future__ import annotations
 
@@ -49,9 +51,10 @@ class WalkedStack(NamedTuple):
     rules: tuple[tuple[int, int, int, int], ...]
 
 
-def stack_hash(alloc: int, pcs: tuple[int, ...], flags: int) -> int:
-    """The stack id leak.c computes for these pcs (never 0, never PENDING)."""
-    h = _FNV_OFFSET ^ alloc
+def stack_hash(alloc: int, pcs: tuple[int, ...], flags: int, gen: int) -> int:
+    """The stack id leak.c computes for these pcs in map generation `gen` (never 0, never
+    PENDING)."""
+    h = ((_FNV_OFFSET ^ alloc ^ gen) * _FNV_PRIME) & _MASK
     for pc in pcs:
         h = ((h ^ pc) * _FNV_PRIME) & _MASK
     h ^= flags

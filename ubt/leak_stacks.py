@@ -12,11 +12,14 @@ code is mapped or unmapped only between generations. So:
   the same, and counted: `late`). Not seen: a reading between an exec and the new program's
   first instruction;
 - `StackBook` knows what every stack id is: a stack walked here keeps the reading it was
-  unwound with; one walked in the kernel is named with its generation's reading.
+  unwound with; one walked in the kernel is named with its generation's reading (each of its
+  pcs had a rule learnt from a snapshot of that generation). `identity` is what a report
+  groups by: the same code at the same offsets of the same files is one stack, whatever the
+  generation or the addresses it had then.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from bpf_progs.leak_capture import STACK_DEEP
 from symbolizer.module import Module
@@ -78,7 +81,7 @@ class GenMaps:
 
 
 class StackBook:
-    """Stack id → what the stack is, and its frames."""
+    """Stack id → what the stack is, its frames, and what a report groups it by."""
 
     def __init__(self, pipeline: Pipeline, gens: GenMaps, pid: int,
                  kernel_stack: Callable[[int], tuple[int, tuple[int, ...], int, int] | None],
@@ -92,6 +95,7 @@ class StackBook:
         self.kernel_stack = kernel_stack
         self.allocators = allocators
         self._kept: dict[int, Kept] = {}
+        self._identities: dict[int, Hashable] = {}
 
     def add_walked(self, stack_id: int, alloc: int, pcs: tuple[int, ...], stop: StopReason,
                    maps_text: str) -> None:
@@ -109,12 +113,32 @@ class StackBook:
             return None
         alloc, pcs, flags, gen = found
         text = self.gens.text(gen)
-        if text is None:  # no reading in its generation
+        if text is None:  # no reading in its generation (cannot be: its rules came from one)
             latest = self.gens.tracker.latest(self.pid)
             text = latest.text if latest is not None else ""
         stop = StopReason.MAX_DEPTH if flags & STACK_DEEP else StopReason.END_OF_STACK
         kept = self._kept[stack_id] = (alloc, pcs, stop, text)
         return kept
+
+    def identity(self, stack_id: int) -> Hashable:
+        """The allocator, and per pc its module's path and build-id and the ELF address (the
+        address itself where no module held it): equal for the same stack in two generations,
+        different for other code at the same addresses. The id itself when the stack is not
+        known."""
+        identity = self._identities.get(stack_id)
+        if identity is None:
+            kept = self.kept(stack_id)
+            if kept is None:
+                return stack_id
+            alloc, pcs, stop, text = kept
+            modules = self.pipeline.modules(self._snapshot(text))
+            where = []
+            for pc in pcs:
+                module = modules.find(pc)
+                where.append((module.path, module.build_id, pc - module.bias) if module
+                             else (None, None, pc))
+            identity = self._identities[stack_id] = (alloc, stop, tuple(where))
+        return identity
 
     def frames(self, stack_id: int) -> StackTrace | None:
         """The allocator's label, then the callers, named with the stack's maps; None when

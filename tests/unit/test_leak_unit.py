@@ -74,7 +74,7 @@ def test_full_rules_and_stacks_maps_are_counted_not_raised(
     cap = _bare_capture()
     cap._fds = {"rules": 1, "stacks": 2}
     cap.rules_full = cap.stacks_full = 0
-    cap.add_rules([(0x1000, 16, 0, 0), (0x2000, 8, 0, 0)])
+    cap.add_rules([(0x1000, 16, 0, 0), (0x2000, 8, 0, 0)], 0)
     cap.add_stack(5, 0, (0x1000, 0x2000), 0, 0)
     assert (cap.rules_full, cap.stacks_full) == (2, 1)
     line = _end_line({"stacks_full": 3, "rules_full": 2})
@@ -137,6 +137,15 @@ def test_unknown_stacks_are_told_apart_by_cause() -> None:
     assert "stack unknown: its snapshot was lost (ring buffer full)" in text
     assert "stack unknown: its snapshot was not read yet" in text
     assert "stack unknown: its snapshot was dropped (the process was gone" in text
+
+
+def test_one_stack_in_two_generations_is_one_entry() -> None:
+    """Ids of one identity add up (bytes, counts, the oldest age) under the larger's id."""
+    totals = [StackTotal(1, 100, 1, 50), StackTotal(3, 40, 2, 90), StackTotal(5, 60, 1, 10)]
+    identity = {1: "a", 3: "a", 5: "b"}.__getitem__
+    assert leak_report.combine(totals, identity) == [StackTotal(1, 140, 3, 90),
+                                                     StackTotal(5, 60, 1, 10)]
+    assert leak_report.combine(totals, identity, "count")[0] == StackTotal(1, 140, 3, 90)
 
 
 def test_maps_read_three_steps_after_a_snapshot_are_late() -> None:
