@@ -35,7 +35,9 @@ _MARGIN = 1024
 #: program time per hit in alternating runs: 1.2-1.7 us with 256-byte steps, 1.8-2.6 us with
 #: 4 KB ones, bpftrace's `@[ustack] = count()` 0.9-1.2 us.
 _STEP = 256
-#: Ring buffer size (32 MB): ~4,000 records of 8 KB, so a burst from a short program fits.
+#: Ring buffer size (32 MB). A record is the stack bytes its hit needed and a 216-byte head
+#: (records up to 16 KB are written at their exact size): ~1.5 KB at a shallow probe, so
+#: ~20,000 of them; a burst from a short program fits.
 _RINGBUF_PAGES = 8192
 # struct pt_regs field order (arch/x86/include/uapi/asm/ptrace.h) → user_regs_struct names
 PT_REGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",

@@ -52,23 +52,21 @@ BPF_PERCPU_ARRAY(since_wake, u32, 1);
 // reservation size is still a constant the verifier sees).
 static __always_inline void *reserve(u32 size) { return hits.ringbuf_reserve(size); }
 static __always_inline void submit(void *h, u64 flags) { hits.ringbuf_submit(h, flags); }
+static __always_inline int output(void *h, u64 size, u64 flags)
+{
+    return hits.ringbuf_output(h, size, flags);
+}
 static __always_inline void remember_end(u32 tid, u64 end) { stack_end.update(&tid, &end); }
 
-// A ring-buffer reservation must have a constant size, so records come in size classes: the
-// smallest class holding `limit` bytes is reserved, and a hit that needs 6 KB costs 8 KB of ring,
-// not the cap. Each class gets its own copy of the copy loop (EMIT below).
-#define EMIT(N)                                                                                \
-struct hit_##N { struct hit_head head; u8 stack[N + PAGE]; /* spare page: loop bound */ };    \
-static __always_inline int emit_##N(struct pt_regs *ctx, u32 pid, u32 tid, u32 probe,         \
-                                    u64 limit, u64 known_end)                                   \
-{                                                                                               \
-    struct hit_##N *h = reserve(sizeof(struct hit_##N));                                       \
-    if (!h)                                                                                     \
-        return count_lost();                                                                    \
-    u64 sp = ctx->sp;                                                                           \
+// The copy into `h->stack`, at most N bytes from sp up to `limit`: declares `copied` (bytes
+// copied) and `flags` (HIT_TRUNCATED when the limit, not the end of the stack, stopped it).
+// `sp` is read once by capture() and passed down: a second read of ctx->sp next to
+// fetch_vars' reads of ctx can come out of clang as a load through a moved ctx pointer,
+// which the verifier refuses.
+#define COPY_STACK(h, N)                                                                       \
     u64 copied = 0, addr = sp;                                                                  \
     u32 flags = known_end && sp + limit >= known_end ? 0 : HIT_TRUNCATED;                       \
-    for (int i = 0; i < N / PAGE + 1; i++) {                                                    \
+    for (int i = 0; i < (N) / PAGE + 1; i++) {                                                  \
         if (copied >= limit)                                                                    \
             break;                                                                              \
         u64 len = PAGE - (addr & (PAGE - 1));                                                   \
@@ -78,9 +76,9 @@ static __always_inline int emit_##N(struct pt_regs *ctx, u32 pid, u32 tid, u32 p
         /* barriers stop clang from dropping checks it can prove but the verifier cannot   */ \
         barrier_var(copied);                                                                    \
         barrier_var(len);                                                                       \
-        if (copied > N || len == 0 || len > PAGE)                                               \
+        if (copied > (N) || len == 0 || len > PAGE)                                             \
             break;                                                                              \
-        if (bpf_probe_read_user(h->stack + copied, len, (void *)addr) != 0) {                   \
+        if (bpf_probe_read_user((h)->stack + copied, len, (void *)addr) != 0) {                 \
             u64 page_end = addr;   /* this page is unmapped: the stack ends here */             \
             remember_end(tid, page_end);                                                        \
             flags = 0;                                                                          \
@@ -88,7 +86,31 @@ static __always_inline int emit_##N(struct pt_regs *ctx, u32 pid, u32 tid, u32 p
         }                                                                                       \
         copied += len;                                                                          \
         addr += len;                                                                            \
-    }                                                                                           \
+    }
+
+// Most hits are copied into a per-CPU buffer and written to the ring with their exact size
+// (bpf_ringbuf_output), so records lie end to end: measured at bench_hit, the program costs
+// 1.2 us per hit instead of 1.4-1.6 us (bpftrace's 1.0-1.2 us), and the 32 MB ring holds ~2.5x
+// more records. A per-CPU value is limited to 32 KB, hence SCRATCH. The buffer is taken with an
+// atomic exchange: a program preempted while using it (on a preemptible kernel) makes the
+// other hits on that CPU reserve their record instead.
+#define SCRATCH 16384
+struct scratch { u64 busy; struct hit_head head; u8 stack[SCRATCH + PAGE]; /* as EMIT's */ };
+BPF_PERCPU_ARRAY(scratch_buf, struct scratch, 1);
+
+// Larger hits, and hits while the buffer is busy, reserve a record in the ring and copy into
+// it. A reservation must have a constant size, so records come in size classes: the smallest
+// class holding `limit` bytes is reserved (a hit that needs 6 KB takes 8 KB of ring), each
+// with its own copy of the copy loop (EMIT below).
+#define EMIT(N)                                                                                \
+struct hit_##N { struct hit_head head; u8 stack[N + PAGE]; /* spare page: loop bound */ };    \
+static __always_inline int emit_##N(struct pt_regs *ctx, u32 pid, u32 tid, u32 probe,         \
+                                    u64 sp, u64 limit, u64 known_end)                           \
+{                                                                                               \
+    struct hit_##N *h = reserve(sizeof(struct hit_##N));                                       \
+    if (!h)                                                                                     \
+        return count_lost();                                                                    \
+    COPY_STACK(h, N)                                                                            \
     fill_head(&h->head, ctx, pid, tid, probe, copied, flags);                                   \
     submit(h, wake_flag(pid));                                                                  \
     return 0;                                                                                   \
@@ -143,6 +165,26 @@ EMIT(4096)
 EMIT(8192)
 EMIT(16384)
 EMIT(32768)
+
+// 1 when the buffer is in use (the caller reserves instead), else as emit_N.
+static __always_inline int emit_scratch(struct pt_regs *ctx, u32 pid, u32 tid, u32 probe,
+                                        u64 sp, u64 limit, u64 known_end)
+{
+    int zero = 0;
+    struct scratch *h = scratch_buf.lookup(&zero);
+    if (!h || __sync_lock_test_and_set(&h->busy, 1))
+        return 1;
+    COPY_STACK(h, SCRATCH)
+    fill_head(&h->head, ctx, pid, tid, probe, copied, flags);
+    u64 size = sizeof(struct hit_head) + copied;
+    barrier_var(size);
+    if (size > sizeof(struct hit_head) + SCRATCH + PAGE)
+        size = sizeof(struct hit_head) + SCRATCH + PAGE;
+    int err = output(&h->head, size, wake_flag(pid));
+    asm volatile("" ::: "memory");  // the record is written before the buffer is let go
+    h->busy = 0;
+    return err ? count_lost() : 0;
+}
 #if STACK_CAP > 32768
 EMIT(65536)
 EMIT(131072)
@@ -163,18 +205,20 @@ static __always_inline int capture(struct pt_regs *ctx, u32 probe)
         known_end = *end;
     if (known_end && known_end - sp < limit)
         limit = known_end - sp;
+    if (limit <= SCRATCH && emit_scratch(ctx, pid, tid, probe, sp, limit, known_end) == 0)
+        return 0;
     if (limit <= 4096)
-        return emit_4096(ctx, pid, tid, probe, limit, known_end);
+        return emit_4096(ctx, pid, tid, probe, sp, limit, known_end);
     if (limit <= 8192)
-        return emit_8192(ctx, pid, tid, probe, limit, known_end);
+        return emit_8192(ctx, pid, tid, probe, sp, limit, known_end);
     if (limit <= 16384)
-        return emit_16384(ctx, pid, tid, probe, limit, known_end);
+        return emit_16384(ctx, pid, tid, probe, sp, limit, known_end);
     if (limit <= 32768)
-        return emit_32768(ctx, pid, tid, probe, limit, known_end);
+        return emit_32768(ctx, pid, tid, probe, sp, limit, known_end);
 #if STACK_CAP > 32768
     if (limit <= 65536)
-        return emit_65536(ctx, pid, tid, probe, limit, known_end);
-    return emit_131072(ctx, pid, tid, probe, limit, known_end);
+        return emit_65536(ctx, pid, tid, probe, sp, limit, known_end);
+    return emit_131072(ctx, pid, tid, probe, sp, limit, known_end);
 #else
     return 0;
 #endif
