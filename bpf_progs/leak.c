@@ -124,6 +124,7 @@ BPF_F_TABLE("hash", u64, struct stack, stacks, 16384, BPF_F_NO_PREALLOC);
 BPF_RINGBUF_OUTPUT(snaps, 1);
 BPF_PERCPU_ARRAY(stack_buf, struct stack, 1);
 BPF_PERCPU_ARRAY(snap_buf, struct snap, 1);
+BPF_PERCPU_ARRAY(bufs_busy, u64, 1);   // stack_buf and snap_buf in use (see stack_id)
 BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
 BPF_ARRAY(config, u64, 3);         // min size, max size, sample every N
 BPF_ARRAY(seqs, u64, 1);
@@ -354,21 +355,34 @@ static __always_inline u64 emit_snapshot(struct pt_regs *ctx, u32 alloc, u32 gen
     return PENDING | seq;
 }
 
+// The stack id of an allocation, walked with stack_buf and, on a cold path, snap_buf. Those
+// per-CPU buffers are taken by an atomic exchange on bufs_busy: on a preemptible kernel a call
+// preempted while using them would otherwise see another call on its CPU overwrite them. A
+// call that finds them taken gets the unknown id and is counted with the lost snapshots.
 static __always_inline u64 stack_id(struct pt_regs *ctx, u32 alloc)
 {
     int zero = 0;
     struct stack *s = stack_buf.lookup(&zero);
-    if (!s)
+    u64 *busy = bufs_busy.lookup(&zero);
+    if (!s || !busy)
         return 0;
+    if (__sync_lock_test_and_set(busy, 1)) {
+        count(N_LOST);
+        return 0;
+    }
     s->alloc = alloc;
     s->gen = generation();
     s->pad = 0;
     u64 id = 0;
-    if (walk(ctx, s, &id) != 0)
-        return emit_snapshot(ctx, alloc, s->gen);
-    count(N_WARM);
-    if (!stacks.lookup(&id) && stacks.insert(&id, s) != 0 && !stacks.lookup(&id))
-        count(N_STACKS_FULL);
+    if (walk(ctx, s, &id) != 0) {
+        id = emit_snapshot(ctx, alloc, s->gen);
+    } else {
+        count(N_WARM);
+        if (!stacks.lookup(&id) && stacks.insert(&id, s) != 0 && !stacks.lookup(&id))
+            count(N_STACKS_FULL);
+    }
+    asm volatile("" ::: "memory");  // done with the buffers before letting them go
+    *busy = 0;
     return id;
 }
 

@@ -20,10 +20,11 @@ from .render import frame_json, text_frames
 from .trace import StackTrace
 
 #: The "stacks" of allocations whose stack is not known (real stack ids are odd), and why.
-UNKNOWN_STACK = 0      # the snapshot was lost: the ring buffer was full
+UNKNOWN_STACK = 0      # no snapshot: the ring buffer was full, or its buffers busy (leak.c stack_id)
 NO_MAPS_STACK = 2      # the snapshot was dropped: the process was gone before its maps were read
 UNREAD_STACK = 4       # the snapshot was not read yet (or not lost: counted in no other way)
-UNKNOWN = {UNKNOWN_STACK: "its snapshot was lost (ring buffer full)",
+UNKNOWN = {UNKNOWN_STACK: "its snapshot was lost (ring buffer full, or buffers held by a "
+                          "preempted call)",
            NO_MAPS_STACK: "its snapshot was dropped (the process was gone before its memory "
                           "map was read)",
            UNREAD_STACK: "its snapshot was not read yet"}
