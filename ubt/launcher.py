@@ -232,6 +232,14 @@ class Launcher:
                 return when
         return None
 
+    @property
+    def image_since_ns(self) -> int | None:
+        """When the child's current program began (its last exec), once it runs CMD: memory
+        from before belonged to an image that exec replaced (`setarch -R prog`: setarch's)."""
+        if self.command_since_ns is None:
+            return None
+        return self._execs[self.pid][-1][0]
+
     def release(self) -> None:
         """Let the command exec and run (call once the probes are attached)."""
         os.write(self._gate_w, b"x")

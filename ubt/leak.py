@@ -237,7 +237,7 @@ def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
         pass
     capture.poll(0)   # the region events sent so far too
     live = merged(capture.allocations(), learner.regions.live())
-    since = launcher.command_since_ns if launcher else 0
+    since = launcher.image_since_ns if launcher else 0  # what an exec replaced is gone
     if since is None:
         since = 1 << 64  # the command never started: nothing it allocated
     older = 0 if at_exit else opts.older_ms * 1_000_000
