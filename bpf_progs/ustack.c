@@ -166,6 +166,11 @@ EMIT(8192)
 EMIT(16384)
 EMIT(32768)
 
+#if STACK_CAP > 32768
+EMIT(65536)
+EMIT(131072)
+#endif
+
 // 1 when the buffer is in use (the caller reserves instead), else as emit_N.
 static __always_inline int emit_scratch(struct pt_regs *ctx, u32 pid, u32 tid, u32 probe,
                                         u64 sp, u64 limit, u64 known_end)
@@ -185,10 +190,6 @@ static __always_inline int emit_scratch(struct pt_regs *ctx, u32 pid, u32 tid, u
     h->busy = 0;
     return err ? count_lost() : 0;
 }
-#if STACK_CAP > 32768
-EMIT(65536)
-EMIT(131072)
-#endif
 
 static __always_inline int capture(struct pt_regs *ctx, u32 probe)
 {
