@@ -268,7 +268,7 @@ static __always_inline int on_free(struct pt_regs *ctx, u64 cookie)
 static __always_inline int walk(struct pt_regs *ctx, struct stack *s, u64 *id)
 {
     u64 pc = ctx->ip, sp = ctx->sp, rbp = ctx->bp;
-    u64 h = ((FNV_OFFSET ^ s->alloc) ^ s->gen) * FNV_PRIME;
+    u64 h = (((FNV_OFFSET ^ s->alloc) * FNV_PRIME) ^ s->gen) * FNV_PRIME;  // one step each
     int done = 0;
     s->depth = 0;
     s->flags = 0;

@@ -38,6 +38,8 @@ def cheap_entries(path: str, elf_addrs: Sequence[int]) -> list[int]:
     conditional jump after a leading flags-only compare, or the address itself (also when no
     symbol gives the function's size, needed for the scan)."""
     image = ElfImage(path)
+    if not image.is64:  # 0x40-0x4f are inc/dec in 32-bit code, not REX prefixes
+        return list(elf_addrs)
     sizes: dict[int, int] = {}
     for sym in image.code_symbols():
         sizes[sym.addr] = max(sizes.get(sym.addr, 0), sym.size)

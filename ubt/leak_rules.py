@@ -54,7 +54,10 @@ class WalkedStack(NamedTuple):
 def stack_hash(alloc: int, pcs: tuple[int, ...], flags: int, gen: int) -> int:
     """The stack id leak.c computes for these pcs in map generation `gen` (never 0, never
     PENDING)."""
-    h = ((_FNV_OFFSET ^ alloc ^ gen) * _FNV_PRIME) & _MASK
+    # the allocator and the generation are hashed in steps of their own: XORed together,
+    # (alloc 0, gen 5) and (alloc 1, gen 4) would give one id to two stacks
+    h = ((_FNV_OFFSET ^ alloc) * _FNV_PRIME) & _MASK
+    h = ((h ^ gen) * _FNV_PRIME) & _MASK
     for pc in pcs:
         h = ((h ^ pc) * _FNV_PRIME) & _MASK
     h ^= flags

@@ -18,7 +18,7 @@ from bpf_progs import leak_capture
 from bpf_progs.bpfsys import BpfError
 from bpf_progs.leak_capture import (COUNTERS, PENDING, LeakCapture, LeakProbe,
                                     LiveAllocations, alloc_cookie, free_cookie)
-from ubt import leak, leak_report
+from ubt import leak, leak_report, leak_rules
 from ubt.leak_stacks import GenMaps
 from ubt.maps_tracker import MapsTracker
 from ubt.leak_report import StackTotal
@@ -163,3 +163,11 @@ def test_maps_read_three_steps_after_a_snapshot_are_late() -> None:
     now[0] = 8
     assert gens.reread(pid, 5)[1] is True and gens.reading(pid, 4, pc) == (version, True)
     assert gens.text(4) is None and gens.text(5) == version.text
+
+
+def test_allocator_and_generation_do_not_cancel_out() -> None:
+    """The allocator index and the map generation are hashed in separate steps: XORed into one
+    (malloc in generation 5, calloc in generation 4) gave one id to two stacks (review)."""
+    pcs = (0x401000, 0x401234)
+    assert leak_rules.stack_hash(0, pcs, 0, 5) != leak_rules.stack_hash(1, pcs, 0, 4)
+    assert len({leak_rules.stack_hash(a, pcs, 0, g) for a in range(8) for g in range(8)}) == 64
