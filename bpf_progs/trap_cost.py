@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from symbolizer.elf import ElfImage
+from symbolizer.elf import open_image
 
-_PF_X = 1
+from .uprobe_link import AttachError, file_offsets
+
 _TEST_RM_R = (0x84, 0x85)        # test r/m8, r8; test r/m, r
 _CMP_RM_R = (0x38, 0x39, 0x3A, 0x3B)  # cmp between registers (either direction, 8 or 16-64 bit)
 _GROUP1_IMM8 = 0x83              # group 1 with a sign-extended imm8: /7 is cmp
@@ -37,19 +38,26 @@ def cheap_entries(path: str, elf_addrs: Sequence[int]) -> list[int]:
     """Where to attach entry probes for the functions at `elf_addrs` in `path`: for each, the
     conditional jump after a leading flags-only compare, or the address itself (also when no
     symbol gives the function's size, needed for the scan)."""
-    image = ElfImage(path)
+    image = open_image(path)
     if not image.is64:  # 0x40-0x4f are inc/dec in 32-bit code, not REX prefixes
         return list(elf_addrs)
     sizes: dict[int, int] = {}
     for sym in image.code_symbols():
         sizes[sym.addr] = max(sizes.get(sym.addr, 0), sym.size)
+    try:
+        offsets = file_offsets(path, elf_addrs)
+    except AttachError:
+        return list(elf_addrs)  # attaching says what is wrong, in its own words
     places = []
-    for addr in elf_addrs:
-        size = sizes.get(addr, 0)
-        code = _code_at(image, path, addr, max(size, 16))
-        n = _flags_only_length(code)
-        ok = 0 < n < size and _is_conditional_jump(code[n:]) and not _jumps_into(code[:size], n)
-        places.append(addr + n if ok else addr)
+    with open(path, "rb") as f:
+        for addr, offset in zip(elf_addrs, offsets):
+            size = sizes.get(addr, 0)
+            f.seek(offset)
+            code = f.read(max(size, 16))
+            n = _flags_only_length(code)
+            ok = (0 < n < size and _is_conditional_jump(code[n:])
+                  and not _jumps_into(code[:size], n))
+            places.append(addr + n if ok else addr)
     return places
 
 
@@ -95,14 +103,3 @@ def _jumps_into(code: bytes, n: int) -> bool:
         if 0 < target <= n:
             return True
     return False
-
-
-def _code_at(image: ElfImage, path: str, elf_addr: int, size: int) -> bytes:
-    """Up to `size` bytes of the executable segment at `elf_addr` (fewer at its end)."""
-    for seg in image.load_segments:
-        if seg.flags & _PF_X and seg.vaddr <= elf_addr < seg.vaddr + seg.filesz:
-            length = min(size, seg.vaddr + seg.filesz - elf_addr)
-            with open(path, "rb") as f:
-                f.seek(elf_addr - seg.vaddr + seg.offset)
-                return f.read(length)
-    return b""

@@ -18,7 +18,7 @@ import os
 import struct
 from collections.abc import Sequence
 
-from symbolizer.elf import ElfImage
+from symbolizer.elf import ElfImage, open_image
 
 from .bpfsys import LINK_CREATE, BpfError, bpf
 
@@ -35,7 +35,7 @@ class AttachError(OSError):
 
 def file_offsets(path: str, elf_addrs: Sequence[int]) -> list[int]:
     """The file offsets of ELF virtual addresses, through the executable PT_LOAD segments."""
-    segments = [s for s in ElfImage(path).load_segments if s.flags & _PF_X]
+    segments = [s for s in open_image(path).load_segments if s.flags & _PF_X]
     offsets = []
     for addr in elf_addrs:
         seg = next((s for s in segments if s.vaddr <= addr < s.vaddr + s.filesz), None)
