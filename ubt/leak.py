@@ -242,7 +242,11 @@ def _report(opts: LeakOptions, capture: LeakCapture, learner: Learner,
         since = 1 << 64  # the command never started: nothing it allocated
     older = 0 if at_exit else opts.older_ms * 1_000_000
     sel = leak_report.Selection(time.monotonic_ns(), older, since)
-    totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort, learner.last_seq,
+    # At exit every snapshot up to `sent` is in the ring or was lost (the program that sends one
+    # records its allocation after it), and the ring is drained: one not read was lost. While
+    # the target runs, a snapshot numbered before `sent` may still be on its way.
+    read_to = max(learner.last_seq, sent) if at_exit else learner.last_seq
+    totals = leak_report.aggregate(live, learner.resolved, sel, opts.sort, read_to,
                                    capture.counters()["lost"] > 0)
     totals = leak_report.combine(totals, learner.stacks.identity, opts.sort)
     learner.prune(live.stack_ids)

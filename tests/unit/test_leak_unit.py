@@ -134,7 +134,8 @@ def test_unknown_stacks_are_told_apart_by_cause() -> None:
     assert {t.stack_id: t.bytes for t in none_lost}[leak_report.UNREAD_STACK] == 70
     text = leak_report.render_text(leak_report.aggregate(live, resolved, sel, "bytes", 4), 10,
                                    lambda sid: StackTrace((), StopReason.END_OF_STACK), "t")
-    assert "stack unknown: its snapshot was lost (ring buffer full, or buffers held by a preempted call)" in text
+    assert ("stack unknown: its snapshot was lost (ring buffer full, or buffers held by a "
+            "preempted call)") in text
     assert "stack unknown: its snapshot was not read yet" in text
     assert "stack unknown: its snapshot was dropped (the process was gone" in text
 
